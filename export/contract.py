@@ -1,0 +1,425 @@
+"""The model contract and input preparation (numpy + Pillow only).
+
+The diffperception exporter writes the contract into the ONNX ``metadata_props``:
+
+* ``diffperception.contract``: JSON ``{"inputs": [...], "outputs": [...], "batch": {...}}``,
+* ``diffperception.preprocess``: JSON ``{"size", "resize", "crop", "range"}``,
+* ``diffperception.taps`` / ``timesteps`` / ``noise_seed`` / ``source_repo`` /
+  ``source_revision`` / ``version`` / ``precision``: kept as strings in
+  :attr:`Contract.metadata`.
+
+``read_onnx_metadata`` (from :mod:`.onnx_metadata`) reads those entries with a small
+protobuf scanner, so neither the ``onnx`` package nor an inference session is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .onnx_metadata import read_onnx_metadata
+
+CONTRACT_KEY = "diffperception.contract"
+PREPROCESS_KEY = "diffperception.preprocess"
+METADATA_PREFIX = "diffperception."
+BATCH_DIM = "batch"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+_RESAMPLE_NAMES = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}
+_CROPS = ("center", "none")
+# "export" when run from the repository / a copy of the folder, "diffperception.deploy" when installed.
+BUILD_COMMAND = f"python -m {__package__ or 'export'}.build_engine"
+
+Dim = Union[int, str]
+InputItem = Union[str, Path, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as declared by the contract.
+
+    Attributes:
+        name: Tensor name in the ONNX graph / engine.
+        shape: Dimensions; an int or ``"batch"`` (the dynamic batch dimension).
+        dtype: ``"float32"`` or ``"float16"``.
+        tap: Feature tap name used as the output key (the input's name for inputs).
+        range: Value range the graph expects (image inputs only).
+        layout: Memory layout; only ``"NCHW"`` is supported.
+    """
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+    tap: str
+    range: tuple[float, float] | None = None
+    layout: str = "NCHW"
+
+    @property
+    def numpy_dtype(self) -> type:
+        """The numpy scalar type of ``dtype``."""
+        return DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image file becomes the model input (``diffperception.preprocess``)."""
+
+    size: tuple[int, int]
+    resize: str
+    crop: str
+    range: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A validated model contract.
+
+    Attributes:
+        input: The single graph input (``"images"`` or ``"latents"``).
+        outputs: The graph outputs, each carrying its tap name.
+        batch_min: Smallest batch the model accepts.
+        batch_opt: Batch the model is tuned for.
+        batch_max: Largest batch the model accepts.
+        preprocess: Image preprocessing (``None`` for latent-input graphs without it).
+        metadata: Every ``diffperception.*`` metadata entry, as strings.
+        source: The file the contract was read from (used in error messages).
+        raw: The contract JSON object as written by the exporter.
+    """
+
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+    batch_min: int
+    batch_opt: int
+    batch_max: int
+    preprocess: Preprocess | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    source: str = "<memory>"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_latent(self) -> bool:
+        """Whether the graph takes latents (``.npy`` / arrays) instead of images."""
+        return self.input.name == "latents"
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """Whether the input's batch dimension is dynamic (``"batch"``)."""
+        return self.input.shape[0] == BATCH_DIM
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) shape of one input sample."""
+        return tuple(int(d) for d in self.input.shape[1:])  # type: ignore[return-value]
+
+    def with_batch_range(self, low: int, opt: int, high: int) -> Contract:
+        """Return a copy that accepts batches in ``[low, high]`` (e.g. an engine profile)."""
+        return dataclasses.replace(self, batch_min=low, batch_opt=opt, batch_max=high)
+
+
+def _contract_error(source: str, message: str) -> ValueError:
+    return ValueError(
+        f"{source}: {message}. The file was not exported by diffperception, or by an "
+        "incompatible version of it: re-export the model with this diffperception version."
+    )
+
+
+def _number_pair(value: Any, what: str, source: str) -> tuple[float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    if ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+        if value[0] < value[1]:
+            return float(value[0]), float(value[1])
+    raise _contract_error(source, f"{what} must be [low, high] with low < high, got {value!r}")
+
+
+def _parse_tensor(entry: Any, source: str, *, is_input: bool) -> TensorSpec:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise _contract_error(source, f"tensor entry without a name: {entry!r}")
+    name, shape = entry["name"], entry.get("shape")
+    if not isinstance(shape, list) or not shape or (is_input and len(shape) != 4):
+        what = "input must have a 4-d NCHW shape" if is_input else "output needs a shape"
+        raise _contract_error(source, f"tensor {name!r}: {what}, got {shape!r}")
+    for i, dim in enumerate(shape):
+        batch_ok = i == 0 and dim == BATCH_DIM
+        if not batch_ok and not (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0):
+            raise _contract_error(source, f"tensor {name!r} has a bad dimension {dim!r} at {i}")
+    if entry.get("dtype") not in DTYPES:
+        raise _contract_error(source, f"tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
+    if entry.get("layout", "NCHW") != "NCHW":
+        raise _contract_error(source, f"tensor {name!r} has unsupported layout {entry['layout']!r}")
+    value_range = None
+    if is_input:
+        if name not in ("images", "latents"):
+            raise _contract_error(source, f"input must be named 'images' or 'latents', got {name!r}")
+        if name == "images":
+            value_range = _number_pair(entry.get("range"), "input 'images' range", source)
+    tap = name if is_input else entry.get("tap", name)
+    return TensorSpec(name, tuple(shape), entry["dtype"], str(tap), value_range)
+
+
+def _parse_preprocess(text: str, source: str) -> Preprocess:
+    try:
+        data = json.loads(text)
+        size = tuple(int(v) for v in data["size"])
+        resize, crop = data["resize"], data["crop"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _contract_error(source, f"malformed {PREPROCESS_KEY} ({exc})") from None
+    if len(size) != 2 or min(size) <= 0:
+        raise _contract_error(source, f"{PREPROCESS_KEY} size must be [H, W], got {data['size']!r}")
+    if resize not in _RESAMPLE_NAMES or crop not in _CROPS:
+        raise _contract_error(source, f"unsupported resize {resize!r} / crop {crop!r}")
+    value_range = _number_pair(data.get("range"), f"{PREPROCESS_KEY} range", source)
+    return Preprocess(size, resize, crop, value_range)  # type: ignore[arg-type]
+
+
+def _parse_batch(data: Any, spec: TensorSpec, source: str) -> tuple[int, int, int]:
+    try:
+        low, opt, high = (int(data[k]) for k in ("min", "opt", "max"))
+    except (TypeError, KeyError, ValueError):
+        raise _contract_error(source, f"contract 'batch' must be {{min, opt, max}}, got {data!r}") from None
+    if not 1 <= low <= opt <= high:
+        raise _contract_error(source, f"contract batch needs 1 <= min <= opt <= max, got {data!r}")
+    static = spec.shape[0]
+    if static != BATCH_DIM and not low == high == static:
+        raise _contract_error(source, f"static batch {static} disagrees with batch range {data!r}")
+    return low, opt, high
+
+
+def parse_contract(metadata: Mapping[str, str], source: str = "<memory>") -> Contract:
+    """Validate the ``diffperception.*`` metadata entries and build a :class:`Contract`.
+
+    Args:
+        metadata: ONNX ``metadata_props`` (or a sidecar's ``metadata``) as key -> string.
+        source: File name used in error messages.
+
+    Returns:
+        The validated contract.
+
+    Raises:
+        ValueError: A key is missing or malformed; the message says the file was not
+            exported by diffperception or comes from an incompatible version.
+    """
+    if CONTRACT_KEY not in metadata:
+        raise _contract_error(source, f"no {CONTRACT_KEY!r} metadata entry")
+    try:
+        raw = json.loads(metadata[CONTRACT_KEY])
+    except (TypeError, ValueError) as exc:
+        raise _contract_error(source, f"{CONTRACT_KEY} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw.get("outputs"):
+        raise _contract_error(source, f"{CONTRACT_KEY} needs 'inputs' and 'outputs' lists")
+    if len(raw["inputs"]) != 1:
+        raise _contract_error(source, f"expected exactly one input, got {len(raw['inputs'])}")
+    spec = _parse_tensor(raw["inputs"][0], source, is_input=True)
+    outputs = tuple(_parse_tensor(o, source, is_input=False) for o in raw["outputs"])
+    low, opt, high = _parse_batch(raw.get("batch"), spec, source)
+    preprocess = None
+    if PREPROCESS_KEY in metadata:
+        preprocess = _parse_preprocess(metadata[PREPROCESS_KEY], source)
+    elif not spec.name == "latents":
+        raise _contract_error(source, f"image graph without a {PREPROCESS_KEY!r} metadata entry")
+    if preprocess is not None and spec.name == "images" and preprocess.size != spec.shape[2:]:
+        raise _contract_error(source, f"preprocess size {preprocess.size} != input shape {spec.shape}")
+    extra = {k: str(v) for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
+    return Contract(spec, outputs, low, opt, high, preprocess, extra, source, raw)
+
+
+def load_contract(path: str | Path) -> Contract:
+    """Read and validate the contract stored in an ONNX file's metadata."""
+    return parse_contract(read_onnx_metadata(path), str(path))
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    """The sidecar JSON next to an engine: ``model.engine`` -> ``model.engine.json``."""
+    return Path(f"{engine_path}.json")
+
+
+def load_sidecar(engine_path: str | Path) -> dict[str, Any]:
+    """Read the ``<engine>.json`` sidecar that ``build_engine`` writes next to an engine.
+
+    Raises:
+        FileNotFoundError: The sidecar is missing.
+        ValueError: The sidecar is not a JSON object.
+    """
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"engine sidecar not found: {path}. Engines must be built with "
+            f"`{BUILD_COMMAND} model.onnx`, which writes it next to the engine."
+        )
+    try:
+        sidecar = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: sidecar is not valid JSON ({exc}); rebuild the engine") from None
+    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("contract"), dict):
+        raise ValueError(f"{path}: sidecar has no 'contract' object; rebuild the engine")
+    return sidecar
+
+
+def contract_from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>") -> Contract:
+    """Validate the contract in an engine sidecar; the batch range becomes the engine profile's."""
+    metadata = {str(k): str(v) for k, v in dict(sidecar.get("metadata") or {}).items()}
+    metadata[CONTRACT_KEY] = json.dumps(sidecar.get("contract"))
+    contract = parse_contract(metadata, source)
+    profile = sidecar.get("profile") or {}
+    try:
+        low, opt, high = (int(profile[k]) for k in ("min", "opt", "max"))
+    except (KeyError, TypeError, ValueError):
+        return contract
+    return contract.with_batch_range(low, opt, high)
+
+
+# --- images and arrays -> model input ---------------------------------------------------
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB (EXIF orientation applied).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: Pillow cannot read the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read this file as an image ({exc})") from None
+
+
+def resize_and_crop(image: Image.Image, size: tuple[int, int], resize: str, crop: str) -> Image.Image:
+    """Resize an image to (H, W) = ``size`` as ``diffperception.preprocess`` says.
+
+    With ``crop == "center"`` the image is scaled by ``max(H / h, W / w)`` (the shorter
+    side matches for square targets), each side rounded and at least the target, then
+    the centre (offsets ``(new - target) // 2``) is cut out. Otherwise it is resized to
+    (H, W) directly.
+    """
+    resample = getattr(getattr(Image, "Resampling", Image), _RESAMPLE_NAMES[resize])
+    height, width = size
+    if crop != "center":
+        return image.resize((width, height), resample=resample)
+    scale = max(height / image.height, width / image.width)
+    new_w = max(width, round(image.width * scale))
+    new_h = max(height, round(image.height * scale))
+    image = image.resize((new_w, new_h), resample=resample)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def preprocess_image(
+    image: Image.Image, preprocess: Preprocess, value_range: tuple[float, float]
+) -> np.ndarray:
+    """Turn an RGB image into a (3, H, W) float32 array in ``value_range``.
+
+    Args:
+        image: The image (converted to RGB if needed).
+        preprocess: Size, resampling filter and crop mode.
+        value_range: The input's declared range; [0, 1] is mapped linearly onto it.
+
+    Returns:
+        A C-contiguous float32 array of shape (3, H, W).
+    """
+    image = resize_and_crop(image.convert("RGB"), preprocess.size, preprocess.resize, preprocess.crop)
+    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    low, high = value_range
+    return np.ascontiguousarray(array * np.float32(high - low) + np.float32(low), dtype=np.float32)
+
+
+def _array_item(array: np.ndarray, contract: Contract, what: str) -> np.ndarray:
+    if not contract.is_latent and array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3:
+        image = Image.fromarray(array, "RGB")
+        return preprocess_image(image, contract.preprocess, contract.input.range)[None]  # type: ignore[arg-type]
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(
+            f"{what}: expected a numeric (C, H, W) or (N, C, H, W) array"
+            + ("" if contract.is_latent else " or an (H, W, 3) uint8 RGB image")
+            + f", got shape {array.shape} dtype {array.dtype}"
+        )
+    check_sample_shape(array.shape, contract, what)
+    return array.astype(np.float32, copy=False)
+
+
+def check_sample_shape(shape: Sequence[int], contract: Contract, what: str) -> None:
+    """Raise ValueError when an NCHW shape's channel count or spatial size is wrong."""
+    channels, height, width = contract.sample_shape
+    kind = "latent" if contract.is_latent else "image"
+    if len(shape) != 4:
+        raise ValueError(f"{what}: expected an NCHW array (batch, {channels}, {height}, {width}), got {tuple(shape)}")
+    if shape[1] != channels:
+        raise ValueError(f"{what}: wrong channel count {shape[1]}, the model takes {channels} channels")
+    if tuple(shape[2:]) != (height, width):
+        raise ValueError(
+            f"{what}: wrong spatial size {tuple(shape[2:])} for the {kind} input, the model "
+            f"takes ({height}, {width})"
+        )
+
+
+def prepare_batch(items: Sequence[InputItem], contract: Contract) -> np.ndarray:
+    """Load image files, ``.npy`` files or arrays into one float32 NCHW batch.
+
+    Image graphs take image files (preprocessed with :func:`preprocess_image`),
+    (H, W, 3) uint8 RGB arrays, or ready (C, H, W) / (N, C, H, W) arrays / ``.npy``
+    files already in the input's range. Latent graphs take ``.npy`` files or arrays
+    as they are.
+
+    Raises:
+        FileNotFoundError: A file does not exist.
+        ValueError: An item has the wrong shape or type, or no item was given.
+    """
+    if isinstance(items, (str, Path, np.ndarray)):
+        items = [items]
+    batches = []
+    for index, item in enumerate(items):
+        if isinstance(item, np.ndarray):
+            batches.append(_array_item(item, contract, f"input array #{index}"))
+            continue
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+        if path.suffix.lower() == ".npy":
+            batches.append(_array_item(np.load(path, allow_pickle=False), contract, str(path)))
+        elif contract.is_latent:
+            raise ValueError(f"{path}: this model takes latents; pass .npy files or arrays, not images")
+        else:
+            image = load_image(path)
+            value_range = contract.input.range
+            batches.append(preprocess_image(image, contract.preprocess, value_range)[None])  # type: ignore[arg-type]
+    if not batches:
+        raise ValueError("no inputs given: pass image files, .npy files or arrays")
+    return np.concatenate(batches, axis=0)
+
+
+def validate_batch(batch: np.ndarray, contract: Contract) -> np.ndarray:
+    """Check a model-ready NCHW batch and cast it to the input dtype.
+
+    Raises:
+        ValueError: Not an NCHW numeric array, wrong channels / spatial size, batch
+            size outside ``[batch_min, batch_max]``, or NaN / infinite values.
+    """
+    if not isinstance(batch, np.ndarray) or not np.issubdtype(batch.dtype, np.number):
+        raise ValueError(f"input must be a numeric numpy array, got {type(batch).__name__}")
+    check_sample_shape(batch.shape, contract, f"input {contract.input.name!r}")
+    if not contract.batch_min <= batch.shape[0] <= contract.batch_max:
+        raise ValueError(
+            f"batch size {batch.shape[0]} is outside the model's range "
+            f"[{contract.batch_min}, {contract.batch_max}] ({contract.source}); split the "
+            "inputs or re-export / rebuild with a wider batch range"
+        )
+    batch = np.ascontiguousarray(batch, dtype=contract.input.numpy_dtype)
+    bad = ~np.isfinite(batch).reshape(batch.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"input contains NaN or infinite values (as {contract.input.dtype}) in batch item(s) "
+            f"{np.flatnonzero(bad).tolist()}"
+        )
+    return batch
