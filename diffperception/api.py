@@ -1,0 +1,44 @@
+"""Top-level helpers that work on a repo id, a local folder or a loaded model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from torch import nn
+
+__all__ = ["list_taps"]
+
+
+def list_taps(model: str | os.PathLike | nn.Module, *, include_kinds: bool = False,
+              revision: str | None = None, **hub_kwargs: Any) -> list[str]:
+    """Every valid tap name of a diffusers model.
+
+    Args:
+        model: Hub repo id, local diffusers folder, a diffusers U-Net, or a diffperception task
+            model (whose kept trunk is listed).
+        include_kinds: Also list ``:in`` variants and ``:attn`` taps of attention modules.
+        revision: Hub revision (repo ids only).
+        **hub_kwargs: ``cache_dir``, ``local_files_only``, ``token``.
+
+    Example:
+        >>> list_taps("stabilityai/stable-diffusion-2-1")[:3]
+        ['conv_in', 'time_proj', 'time_embedding']
+    """
+    from .features.taps import list_taps as _list
+
+    if isinstance(model, nn.Module):
+        return _list(getattr(model, "unet", model), include_kinds=include_kinds)
+    import diffusers
+    from accelerate import init_empty_weights
+
+    from .backbones import family_for_unet
+    from .backbones.components import unet_config
+    from .backbones.loading import resolve_source
+
+    source = resolve_source(model, revision=revision, **hub_kwargs)
+    config = unet_config(source.folder)
+    family = family_for_unet(config.get("_class_name", "UNet2DConditionModel"))
+    with init_empty_weights():
+        unet = getattr(diffusers, family.unet_class).from_config(config)
+    return _list(unet, include_kinds=include_kinds)

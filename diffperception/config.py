@@ -1,0 +1,272 @@
+"""Configuration dataclasses: one per section of ``config.json``.
+
+A task model's ``config.json`` is the arguments of its constructor (the convention of diffusers'
+``ConfigMixin`` and huggingface_hub's ``PyTorchModelHubMixin``): JSON-only values, so a config
+round-trips exactly through ``to_dict`` / ``from_dict``. ``validate()`` is the one place where
+impossible values are rejected, with a message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "BackboneConfig",
+    "NoiseConfig",
+    "PromptConfig",
+    "FeaturesConfig",
+    "PreprocessConfig",
+    "TaskConfig",
+    "CONFIG_FORMAT_VERSION",
+]
+
+# Bumped when config.json changes incompatibly; a config from a newer format is refused.
+CONFIG_FORMAT_VERSION = 1
+
+FAMILIES = ("sd", "pixel")
+DTYPES = ("float32", "float16", "bfloat16")
+NOISE_KINDS = ("fixed", "random", "none", "ddim_inversion")
+PROMPT_KINDS = ("null", "fixed", "per_image", "learnable")
+RESIZE_MODES = ("bicubic", "bilinear", "nearest")
+CROP_MODES = ("center", "none")
+
+
+def _fail(section: str, key: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"config['{section}']['{key}'] = {value!r} is invalid: {allowed}.")
+
+
+def _from_dict(cls, section: str, data: dict[str, Any] | None):
+    """Builds dataclass ``cls`` from ``data``, rejecting unknown and missing keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config['{section}'] must be a JSON object, got {type(data).__name__}.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"config['{section}'] has unknown key(s) {unknown}; allowed keys are {sorted(names)}."
+        )
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(data))
+    if missing:
+        raise ValueError(f"config['{section}'] is missing required key(s) {missing}.")
+    return cls(**data)
+
+
+@dataclass
+class BackboneConfig:
+    """Which diffusion model, at which revision, in which dtype.
+
+    Attributes:
+        repo_id: Hub repository id or local folder in diffusers layout.
+        family: ``"sd"`` (``UNet2DConditionModel``) or ``"pixel"`` (text-free ``UNet2DModel``).
+        revision: Branch, tag or commit sha; saved models record the resolved commit sha.
+        dtype: Weight and activation dtype.
+        variant: Weight file variant (``"fp16"`` reads ``*.fp16.safetensors``), or None.
+    """
+
+    repo_id: str
+    family: str = "sd"
+    revision: str | None = None
+    dtype: str = "float32"
+    variant: str | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.repo_id, str) or not self.repo_id:
+            _fail("backbone", "repo_id", self.repo_id, "a Hub repo id or a local folder path")
+        if self.family not in FAMILIES:
+            _fail("backbone", "family", self.family, f"one of {FAMILIES}")
+        if self.dtype not in DTYPES:
+            _fail("backbone", "dtype", self.dtype, f"one of {DTYPES}")
+
+
+@dataclass
+class NoiseConfig:
+    """How the clean latent is turned into the noisy input of the trunk.
+
+    Attributes:
+        kind: ``"fixed"`` (seeded, identical every call), ``"random"`` (fresh every call),
+            ``"none"`` (the clean latent), ``"ddim_inversion"`` (deterministic inversion).
+        seed: Seed of the fixed noise.
+        ensemble: Number of noise draws averaged (DIFT's ensemble), in one batched forward.
+        inversion_steps: DDIM steps from the clean latent to the timestep (``ddim_inversion``).
+    """
+
+    kind: str = "fixed"
+    seed: int = 0
+    ensemble: int = 1
+    inversion_steps: int = 10
+
+    def validate(self) -> None:
+        if self.kind not in NOISE_KINDS:
+            _fail("features.noise", "kind", self.kind, f"one of {NOISE_KINDS}")
+        if not isinstance(self.seed, int):
+            _fail("features.noise", "seed", self.seed, "an integer")
+        if not isinstance(self.ensemble, int) or self.ensemble < 1:
+            _fail("features.noise", "ensemble", self.ensemble, "an integer >= 1")
+        if self.kind in ("none", "ddim_inversion") and self.ensemble != 1:
+            _fail("features.noise", "ensemble", self.ensemble,
+                  f"noise kind {self.kind!r} is deterministic, so the ensemble must be 1")
+        if not isinstance(self.inversion_steps, int) or self.inversion_steps < 1:
+            _fail("features.noise", "inversion_steps", self.inversion_steps, "an integer >= 1")
+
+
+@dataclass
+class PromptConfig:
+    """The text conditioning of a text-conditioned U-Net.
+
+    Attributes:
+        kind: ``"null"`` (the empty prompt), ``"fixed"`` (one text), ``"per_image"`` (one text
+            per image, encoded every call: the text encoder is kept), ``"learnable"`` (a trainable
+            text embedding initialised from ``text``).
+        text: The fixed text, the learnable initialisation, or a list of per-image texts.
+    """
+
+    kind: str = "null"
+    text: str | list[str] | None = None
+
+    def validate(self) -> None:
+        if self.kind not in PROMPT_KINDS:
+            _fail("features.prompt", "kind", self.kind, f"one of {PROMPT_KINDS}")
+        if self.kind in ("fixed", "learnable") and not isinstance(self.text, str):
+            _fail("features.prompt", "text", self.text, f"a string for prompt kind {self.kind!r}")
+        if self.kind == "per_image" and self.text is not None and not (
+            isinstance(self.text, list) and all(isinstance(t, str) for t in self.text)
+        ):
+            _fail("features.prompt", "text", self.text, "a list of strings or null")
+
+    @property
+    def is_constant(self) -> bool:
+        """True when the text context is the same for every call (no text encoder needed)."""
+        return self.kind in ("null", "fixed", "learnable")
+
+
+@dataclass
+class FeaturesConfig:
+    """Which activations, at which timesteps, under which noise and prompt."""
+
+    taps: list[str]
+    timesteps: list[int] = field(default_factory=lambda: [261])
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeaturesConfig":
+        data = dict(data)
+        noise = _from_dict(NoiseConfig, "features.noise", data.pop("noise", None))
+        prompt = _from_dict(PromptConfig, "features.prompt", data.pop("prompt", None))
+        out = _from_dict(cls, "features", data)
+        out.noise, out.prompt = noise, prompt
+        return out
+
+    def validate(self) -> None:
+        if not isinstance(self.taps, list) or not self.taps or not all(
+            isinstance(t, str) for t in self.taps
+        ):
+            _fail("features", "taps", self.taps, "a non-empty list of tap names (see list_taps())")
+        if len(set(self.taps)) != len(self.taps):
+            _fail("features", "taps", self.taps, "tap names must be unique")
+        if not isinstance(self.timesteps, list) or not self.timesteps or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in self.timesteps
+        ):
+            _fail("features", "timesteps", self.timesteps, "a non-empty list of integers")
+        self.noise.validate()
+        self.prompt.validate()
+
+
+@dataclass
+class PreprocessConfig:
+    """How images become the network's input.
+
+    Attributes:
+        size: ``[height, width]`` the image is resized (and cropped) to, or None to keep the
+            input size (it must then be a multiple the network accepts).
+        resize: Interpolation used for resizing.
+        crop: ``"center"`` resizes the shorter side and crops the centre; ``"none"`` resizes
+            directly to ``size``.
+        range: Value range the network expects; images in ``[0, 1]`` are mapped onto it.
+    """
+
+    size: list[int] | None = None
+    resize: str = "bicubic"
+    crop: str = "center"
+    range: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+
+    def validate(self) -> None:
+        if self.size is not None and not (
+            isinstance(self.size, list) and len(self.size) == 2
+            and all(isinstance(s, int) and s > 0 for s in self.size)
+        ):
+            _fail("preprocess", "size", self.size, "null or [height, width] with positive integers")
+        if self.resize not in RESIZE_MODES:
+            _fail("preprocess", "resize", self.resize, f"one of {RESIZE_MODES}")
+        if self.crop not in CROP_MODES:
+            _fail("preprocess", "crop", self.crop, f"one of {CROP_MODES}")
+        if not (isinstance(self.range, list) and len(self.range) == 2
+                and float(self.range[0]) < float(self.range[1])):
+            _fail("preprocess", "range", self.range, "[low, high] with low < high")
+
+
+@dataclass
+class TaskConfig:
+    """The whole ``config.json`` of a task model."""
+
+    architecture: str
+    backbone: BackboneConfig
+    features: FeaturesConfig
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    head: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    diffperception_version: str | None = None
+    config_format: int = CONFIG_FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskConfig":
+        """Parses and validates a ``config.json`` dict.
+
+        Raises:
+            ValueError: On unknown, missing or impossible keys, or a config from a newer format.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}.")
+        data = dict(data)
+        fmt = data.get("config_format", CONFIG_FORMAT_VERSION)
+        if not isinstance(fmt, int) or fmt > CONFIG_FORMAT_VERSION:
+            raise ValueError(
+                f"config['config_format'] = {fmt!r} comes from a newer diffperception (written by "
+                f"version {data.get('diffperception_version')!r}); this version reads format "
+                f"<= {CONFIG_FORMAT_VERSION}. Upgrade with `pip install -U diffperception`."
+            )
+        backbone = _from_dict(BackboneConfig, "backbone", data.pop("backbone", None))
+        if "features" not in data:
+            raise ValueError("config is missing required key 'features'.")
+        features = FeaturesConfig.from_dict(data.pop("features"))
+        preprocess = _from_dict(PreprocessConfig, "preprocess", data.pop("preprocess", None))
+        out = _from_dict(cls, "", {**data, "backbone": backbone, "features": features,
+                                   "preprocess": preprocess})
+        out.validate()
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if not isinstance(self.architecture, str) or not self.architecture:
+            _fail("", "architecture", self.architecture, "the name of a registered task model")
+        self.backbone.validate()
+        self.features.validate()
+        self.preprocess.validate()
+        if self.backbone.family == "pixel" and self.features.prompt.kind != "null":
+            _fail("features.prompt", "kind", self.features.prompt.kind,
+                  "a text-free ('pixel') backbone takes no prompt; use kind 'null'")
+        if self.labels is not None and not (
+            isinstance(self.labels, list) and all(isinstance(x, str) for x in self.labels)
+        ):
+            _fail("", "labels", self.labels, "a list of strings or null")

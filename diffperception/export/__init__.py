@@ -1,0 +1,1 @@
+"""Exporters (TorchScript, torch.export, ONNX, TensorRT) of specialised models."""

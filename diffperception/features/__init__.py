@@ -1,0 +1,1 @@
+"""Feature extraction: taps, trunk planning and execution, noise, preprocessing, specialisation."""

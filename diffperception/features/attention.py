@@ -1,0 +1,102 @@
+"""An attention processor for tapped and specialised ``Attention`` modules.
+
+It computes what diffusers' ``AttnProcessor2_0`` computes, with three differences:
+- the batch size is taken from the hidden states, so a text context (or baked K/V) of batch 1
+  serves any batch by broadcasting;
+- when the module has a ``probs_tap`` child, the attention probabilities are computed explicitly
+  and passed through it (an identity module a forward hook can read: the ``:attn`` tap);
+- when the module has ``fixed_key`` / ``fixed_value`` buffers (a specialised cross-attention of a
+  fixed prompt), they replace ``to_k(context)`` / ``to_v(context)``.
+It is a plain callable, not a module, so it adds no key to the state dict.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TapAttnProcessor", "AttentionProbs", "install_processor"]
+
+
+class AttentionProbs(nn.Identity):
+    """Identity on attention probabilities ``(B, heads, queries, keys)``; a hook reads them."""
+
+
+class TapAttnProcessor:
+    """Attention processor honouring ``probs_tap`` and ``fixed_key`` / ``fixed_value``."""
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)  # (B, Q, inner)
+        head_dim = query.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, Q, d)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        key, value = self._key_value(attn, hidden_states, encoder_hidden_states, batch, head_dim)
+
+        mask = None
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
+            mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+        probs_tap = getattr(attn, "probs_tap", None)
+        if probs_tap is not None:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale  # (B, h, Q, K)
+            if mask is not None:
+                scores = scores + mask
+            if attn.upcast_softmax:
+                scores = scores.float()
+            probs = probs_tap(scores.softmax(dim=-1).to(query.dtype))
+            hidden_states = torch.matmul(probs, value)  # (B, h, Q, d)
+        else:
+            hidden_states = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=attn.scale
+            )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.to(query.dtype)))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    @staticmethod
+    def _key_value(attn, hidden_states, encoder_hidden_states, batch, head_dim):
+        if getattr(attn, "fixed_key", None) is not None:
+            # (1, h, K, d) constants computed once from the fixed prompt; broadcast over the batch.
+            return (attn.fixed_key.expand(batch, -1, -1, -1),
+                    attn.fixed_value.expand(batch, -1, -1, -1))
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        ctx_batch = context.shape[0]
+        key = attn.to_k(context).view(ctx_batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = attn.to_v(context).view(ctx_batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if ctx_batch != batch:
+            key, value = key.expand(batch, -1, -1, -1), value.expand(batch, -1, -1, -1)
+        return key, value
+
+
+def install_processor(attn: nn.Module) -> None:
+    """Gives an ``Attention`` module the tap-aware processor (idempotent)."""
+    if not isinstance(attn.processor, TapAttnProcessor):
+        attn.set_processor(TapAttnProcessor())

@@ -1,0 +1,1 @@
+"""Task heads: one per file."""
