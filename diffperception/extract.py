@@ -1,0 +1,95 @@
+"""``diffperception extract`` and ``diffperception taps``.
+
+Example:
+    diffperception taps stabilityai/stable-diffusion-2-1 --filter up_blocks.1
+    diffperception extract stabilityai/stable-diffusion-2-1 images/*.png --tap up_ft.1 \
+        --timestep 261 --size 768x768 --out feats.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "run", "add_taps_arguments", "run_taps", "parse_size"]
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"512x512"`` (or ``"512"``) -> ``(512, 512)``."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError as err:
+        raise ValueError(f"--size {text!r} must look like 512x512 (height x width).") from err
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) <= 0:
+        raise ValueError(f"--size {text!r} must look like 512x512 (height x width).")
+    return sizes[0], sizes[1]
+
+
+def add_taps_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="Hub repo id or local diffusers folder")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--filter", default=None, help="only names containing this text")
+    parser.add_argument("--kinds", action="store_true", help="also list :in and :attn taps")
+
+
+def run_taps(args: argparse.Namespace) -> int:
+    from .api import list_taps
+
+    for name in list_taps(args.model, include_kinds=args.kinds, revision=args.revision):
+        if args.filter is None or args.filter in name:
+            print(name)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="Hub repo id or local diffusers folder")
+    parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    parser.add_argument("--tap", action="append", required=True, dest="taps",
+                        help="tap name (repeatable); see `diffperception taps MODEL`")
+    parser.add_argument("--timestep", action="append", type=int, dest="timesteps")
+    parser.add_argument("--noise", default="fixed", choices=["fixed", "random", "none", "ddim_inversion"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ensemble", type=int, default=1)
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--size", default=None, help="resize images to HxW (e.g. 512x512)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from .modeling import DiffusionPerceptionForFeatureExtraction
+
+    size = parse_size(args.size)
+    paths = [Path(p) for p in args.images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Image file(s) not found: {missing}")
+    model = DiffusionPerceptionForFeatureExtraction.from_diffusers(
+        args.model, taps=args.taps, timesteps=args.timesteps or [261], noise=args.noise,
+        seed=args.seed, ensemble=args.ensemble, prompt=args.prompt, size=size,
+        revision=args.revision)
+    chunks: dict[str, list[torch.Tensor]] = {t: [] for t in args.taps}
+    for start in tqdm(range(0, len(paths), args.batch_size), desc="extracting", unit="batch"):
+        batch = [Image.open(p).convert("RGB") for p in paths[start: start + args.batch_size]]
+        with torch.no_grad():
+            feats = model(batch)
+        for name, value in feats.items():
+            chunks[name].append(value.float().cpu())
+    tensors = {name: torch.cat(values).contiguous() for name, values in chunks.items()}
+    metadata = {"images": "\n".join(str(p) for p in paths), "model": str(args.model)}
+    save_file(tensors, args.out, metadata=metadata)
+    for name, value in tensors.items():
+        print(f"{name}: {tuple(value.shape)}")
+    print(f"wrote {args.out}")
+    return 0
