@@ -13,12 +13,23 @@ __version__ = "0.1.0"
 
 from .api import list_taps
 from .config import TaskConfig
-from .modeling import DiffusionPerceptionForFeatureExtraction, Learnable
+from .modeling import (
+    AutoDiffusionPerception,
+    DiffusionPerceptionForFeatureExtraction,
+    Learnable,
+    list_models,
+    list_presets,
+    register_model,
+)
 
 __all__ = [
     "__version__",
+    "AutoDiffusionPerception",
     "DiffusionPerceptionForFeatureExtraction",
     "Learnable",
     "TaskConfig",
+    "list_models",
+    "list_presets",
     "list_taps",
+    "register_model",
 ]

@@ -1,15 +1,41 @@
-"""Shared fixtures: tiny diffusers models built once per session, in diffusers folder layout."""
+"""Shared fixtures: tiny diffusers models built once per session, in diffusers folder layout,
+and a session LocalHub (tests/hub_server.py) the in-process huggingface_hub client talks to."""
 
 from __future__ import annotations
 
+# The LocalHub environment must be set before anything imports huggingface_hub (diffperception,
+# diffusers and transformers all do): huggingface_hub reads HF_ENDPOINT & co. once, at import.
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+try:
+    from tests.hub_server import LocalHub, apply_client_env, check_client_configured
+except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    from hub_server import LocalHub, apply_client_env, check_client_configured
+
+HUB_TOKENS = {"hf_alice_token": "alice", "hf_bob_token": "bob"}
+_HUB_TMP = tempfile.mkdtemp(prefix="localhub-")
+HUB = LocalHub(os.path.join(_HUB_TMP, "server"), tokens=HUB_TOKENS).start()
+apply_client_env(os.environ, HUB.url, os.path.join(_HUB_TMP, "hf_home"))
+
+
+@pytest.fixture(scope="session")
+def local_hub() -> LocalHub:
+    """The session's Hub-compatible server on 127.0.0.1 (tokens: ``HUB_TOKENS``)."""
+    check_client_configured(HUB.url)  # fails loudly if huggingface_hub was imported too early
+    return HUB
+
+
+def pytest_unconfigure(config):
+    HUB.stop()
+    shutil.rmtree(_HUB_TMP, ignore_errors=True)
+
 
 import tiny_models  # noqa: E402
 

@@ -161,7 +161,10 @@ def read_tensors(files: list[Path], keys: set[str] | None) -> dict[str, torch.Te
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
                     if keys is None or key in keys:
-                        out[key] = f.get_tensor(key)
+                        # clone: own, 64-byte aligned memory. Views into the file sit at any
+                        # 8-byte offset, and CPU kernels round differently on misaligned data
+                        # (1e-6 apart), so a saved and reloaded model would not be bit-identical.
+                        out[key] = f.get_tensor(key).clone()
         except (SafetensorError, OSError) as err:
             raise RuntimeError(
                 f"Could not read {file}: {err}. The file is truncated or not a safetensors file; "

@@ -1,5 +1,19 @@
-"""Task models."""
+"""Task models: the registry, the Hub-aware base, ``AutoDiffusionPerception`` and presets."""
 
+from .auto import AutoDiffusionPerception
+from .base import DiffusionPerceptionModel
 from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable
+from .presets import list_presets, load_preset
+from .registry import get_model_class, list_models, register_model
 
-__all__ = ["DiffusionPerceptionForFeatureExtraction", "Learnable"]
+__all__ = [
+    "AutoDiffusionPerception",
+    "DiffusionPerceptionForFeatureExtraction",
+    "DiffusionPerceptionModel",
+    "Learnable",
+    "get_model_class",
+    "list_models",
+    "list_presets",
+    "load_preset",
+    "register_model",
+]

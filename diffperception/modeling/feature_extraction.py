@@ -15,6 +15,8 @@ from ..features import noise as noise_ops
 from ..features.attention import install_processor
 from ..features.preprocess import check_size, resize_and_crop, scale_range, to_image_tensor
 from ..features.trunk import Trunk
+from .base import DiffusionPerceptionModel
+from .registry import register_model
 
 __all__ = ["DiffusionPerceptionForFeatureExtraction", "Learnable"]
 
@@ -63,7 +65,39 @@ def _context_placeholder(folder, unet_config: dict[str, Any]):
     return context, pooled
 
 
-class DiffusionPerceptionForFeatureExtraction(nn.Module):
+def _meta_text_stack(folder, index: dict[str, Any], dtype: str
+                     ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """Text encoder(s) built on the meta device from their configs, and the tokenizer(s).
+
+    For a saved task model with per-image prompts: the encoder weights come from its
+    ``model.safetensors`` (``text_encoder.*``), not from the base model.
+    """
+    import transformers
+    from accelerate import init_empty_weights
+
+    from ..backbones.components import DTYPES
+    from ..backbones.loading import load_tokenizer
+
+    encoders, tokenizers = {}, {}
+    for enc_name, tok_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+        entry = index.get(enc_name)
+        if not entry or entry[1] is None:
+            continue
+        if entry[1] not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+            raise ValueError(f"{folder / enc_name} holds a {entry[1]}; supported text encoders: "
+                             "CLIPTextModel, CLIPTextModelWithProjection.")
+        cls = getattr(transformers, entry[1])
+        text_config = cls.config_class.from_pretrained(str(folder / enc_name))
+        with init_empty_weights():
+            encoder = cls(text_config)
+        encoders[enc_name] = encoder.to(DTYPES[dtype]).eval().requires_grad_(False)
+        tokenizers[enc_name] = load_tokenizer(folder, tok_name)
+    return encoders, tokenizers
+
+
+@register_model
+class DiffusionPerceptionForFeatureExtraction(DiffusionPerceptionModel,
+                                              pipeline_tag="image-feature-extraction"):
     """A diffusion U-Net, cut after the last tap, as a feature extractor.
 
     Args:
@@ -95,7 +129,10 @@ class DiffusionPerceptionForFeatureExtraction(nn.Module):
         need_text = prompt.kind == "per_image" or (load_weights and config.backbone.family == "sd")
         parts = build_parts(source, config.features, dtype=config.backbone.dtype,
                             variant=config.backbone.variant, load_weights=load_weights,
-                            need_text=need_text)
+                            need_text=need_text and load_weights)
+        if prompt.kind == "per_image" and not load_weights:
+            parts.text_encoders, parts.tokenizers = _meta_text_stack(
+                source.folder, parts.model_index, config.backbone.dtype)
         self._assemble(parts)
 
     # ----------------------------------------------------------------------------- construction
@@ -113,6 +150,7 @@ class DiffusionPerceptionForFeatureExtraction(nn.Module):
         self.trunk = Trunk(self.unet, parts.taps, parts.plan,
                            num_up_blocks=len(parts.unet_config.get("up_block_types", ())))
         self.register_buffer("alphas_cumprod", parts.alphas_cumprod.float(), persistent=False)
+        self._timesteps()  # fail at construction, not at the first call
         self.tokenizers = parts.tokenizers
         self._noise_cache: dict[tuple, torch.Tensor] = {}
         self._text_encoder_names: list[str] = []
@@ -242,7 +280,8 @@ class DiffusionPerceptionForFeatureExtraction(nn.Module):
             raise ValueError(f"Timesteps {bad} are outside [0, {limit}) of this model's scheduler.")
         return timesteps
 
-    def noisy_latents(self, latent: torch.Tensor, noise: torch.Tensor | None = None
+    def noisy_latents(self, latent: torch.Tensor, noise: torch.Tensor | None = None,
+                      image_hw: tuple[int, int] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(T*E*B, C, h, w)`` noisy latents and their ``(T*E*B,)`` timesteps."""
         cfg = self.config.features.noise
@@ -261,7 +300,8 @@ class DiffusionPerceptionForFeatureExtraction(nn.Module):
         elif cfg.kind == "none":
             z = latent.unsqueeze(0).unsqueeze(0).expand(T, 1, *latent.shape)
         else:
-            z = torch.stack([self._invert(latent, t) for t in timesteps]).unsqueeze(1)
+            hw = image_hw or tuple(latent.shape[-2:])
+            z = torch.stack([self._invert(latent, t, hw) for t in timesteps]).unsqueeze(1)
         t_flat = t_index.repeat_interleave(E * B)  # (T*E*B,)
         return noise_ops.flatten_batch(z), t_flat
 
@@ -273,8 +313,9 @@ class DiffusionPerceptionForFeatureExtraction(nn.Module):
             self._noise_cache[key] = eps.to(latent.device)
         return self._noise_cache[key]
 
-    def _invert(self, latent: torch.Tensor, timestep: int) -> torch.Tensor:
-        context, added = self.conditioning(None, latent.shape[0], self._image_hw, latent.shape[0])
+    def _invert(self, latent: torch.Tensor, timestep: int, image_hw: tuple[int, int]
+                ) -> torch.Tensor:
+        context, added = self.conditioning(None, latent.shape[0], image_hw, latent.shape[0])
 
         def predict(x, t):
             if self.family.text_conditioned:
@@ -351,10 +392,10 @@ class DiffusionPerceptionForFeatureExtraction(nn.Module):
         """
         x = self.prepare_images(images, value_range)  # (B, 3, H, W) in preprocess.range
         batch = x.shape[0]
-        self._image_hw = tuple(x.shape[-2:])
+        image_hw = tuple(x.shape[-2:])
         latent = self.encode(x)  # (B, C, h, w)
-        z, timesteps = self.noisy_latents(latent, noise)  # (T*E*B, C, h, w), (T*E*B,)
-        context, added = self.conditioning(prompt, batch, self._image_hw, z.shape[0])
+        z, timesteps = self.noisy_latents(latent, noise, image_hw)  # (T*E*B, C, h, w), (T*E*B,)
+        context, added = self.conditioning(prompt, batch, image_hw, z.shape[0])
         feats = self.trunk(z, timesteps, context, added)
         return self.reduce(feats, batch)
 

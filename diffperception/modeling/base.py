@@ -1,0 +1,510 @@
+"""The task model base: a ``PyTorchModelHubMixin`` model that saves and loads strictly.
+
+What a saved task model folder (or Hub repository) holds::
+
+    config.json              the TaskConfig dict; backbone.revision pins the base model's commit
+    model.safetensors        the trunk (unet.*, vae.encoder.* / vae.quant_conv.*, text context or
+                             text_encoder.* when prompts vary) and the head, strictly loaded;
+                             sharded (model-0000k-of-0000n.safetensors + index) above 5 GB
+    backbone/                the base model's diffusers configs (model_index.json, unet/config.json,
+                             vae/config.json, scheduler/, tokenizer*/, text_encoder*/config.json),
+                             no weights: the trunk is rebuilt from them without the base repo
+    README.md                the generated model card
+
+``save_pretrained(..., bundle_trunk=False)`` leaves the trunk and ``backbone/`` out:
+``model.safetensors`` then holds only what is not in the base model (head, learned prompt, text
+context) and loading reads the trunk from the base repo at the pinned revision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from itertools import chain
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from ..backbones.loading import ModelSource, read_tensors, resolve_source
+from ..config import CONFIG_FORMAT_VERSION, TaskConfig
+
+__all__ = [
+    "DiffusionPerceptionModel",
+    "TRUNK_PREFIXES",
+    "BACKBONE_DIR",
+    "WEIGHTS_NAME",
+    "resolve_model_folder",
+    "read_config",
+    "check_state_dict",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+CARD_NAME = "README.md"
+BACKBONE_DIR = "backbone"
+MAX_SHARD_SIZE = "5GB"
+# State-dict prefixes of the modules that come from the base model (left out by bundle_trunk=False).
+TRUNK_PREFIXES = ("unet.", "vae.", "text_encoder.", "text_encoder_2.")
+_DOWNLOAD_PATTERNS = [CONFIG_NAME, "model*.safetensors", "model*.safetensors.index.json",
+                      CARD_NAME, f"{BACKBONE_DIR}/*"]
+# README.md: the base model's card, kept for its license.
+_BACKBONE_CONFIGS = ("model_index.json", "unet/config.json", "vae/config.json",
+                     "scheduler/scheduler_config.json", "README.md")
+_TEXT_SLOTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
+M = TypeVar("M", bound="DiffusionPerceptionModel")
+
+
+# ------------------------------------------------------------------------------------ folders
+
+def _looks_like_path(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def resolve_model_folder(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> Path:
+    """The local folder of a saved task model: a folder as is, or a Hub repo's snapshot.
+
+    Raises:
+        FileNotFoundError: No such folder or repo (or private without a token), no such revision,
+            not cached while offline, or a folder without ``config.json``.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"{path} has no {CONFIG_NAME}: it is not a saved diffperception model. For a "
+                "diffusers model folder use DiffusionPerceptionForFeatureExtraction.from_diffusers."
+            )
+        return path
+    name = str(name_or_path)
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"Local folder {name!r} does not exist (and it is no Hub repo id).")
+    return _snapshot(name, revision, cache_dir, local_files_only, token, force_download)
+
+
+def _snapshot(repo_id, revision, cache_dir, local_files_only, token, force_download) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                   local_files_only=local_files_only, force_download=force_download,
+                                   allow_patterns=_DOWNLOAD_PATTERNS)
+    except RepositoryNotFoundError as err:
+        raise FileNotFoundError(
+            f"Hub repository {repo_id!r} was not found, or it is private and no valid token was "
+            "given. Check the id, or pass token=... (or run `hf auth login`)."
+        ) from err
+    except RevisionNotFoundError as err:
+        raise FileNotFoundError(
+            f"Revision {revision!r} of {repo_id!r} does not exist; pass an existing branch, tag or "
+            "commit sha."
+        ) from err
+    except LocalEntryNotFoundError as err:
+        rev = revision or "main"
+        raise FileNotFoundError(
+            f"{repo_id!r} at revision {rev!r} is not in the local cache and the Hub may not be "
+            "contacted (HF_HUB_OFFLINE=1 or local_files_only=True, or no network). Download it once "
+            f"with network access: `hf download {repo_id} --revision {rev}` (or from_pretrained "
+            "without local_files_only), or pass a local folder."
+        ) from err
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"Hub repository {repo_id!r} (revision {revision or 'main'!r}) has no {CONFIG_NAME}: it "
+            "is not a diffperception task model."
+        )
+    return folder
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """Reads ``config.json`` of a saved task model.
+
+    Raises:
+        ValueError: The file is not valid JSON or not an object.
+    """
+    path = Path(folder) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-save or re-download it.") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    single, index = folder / WEIGHTS_NAME, folder / WEIGHTS_INDEX_NAME
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shard(s) {missing} that are not in {folder}.")
+        return [folder / s for s in shards]
+    raise FileNotFoundError(
+        f"{folder} has neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}; a task model's weights are "
+        "saved as safetensors by save_pretrained."
+    )
+
+
+def _list(keys: Sequence[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor],
+                     where: str) -> None:
+    """Raises unless ``loaded`` has exactly the keys and shapes of ``expected``.
+
+    Raises:
+        RuntimeError: Listing the missing, unexpected and mis-shaped tensors by key.
+    """
+    missing = [k for k in expected if k not in loaded]
+    unexpected = [k for k in loaded if k not in expected]
+    shapes = [f"{k} (file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)})"
+              for k in expected if k in loaded and loaded[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing tensor(s): {_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensor(s): {_list(unexpected)}")
+    if shapes:
+        problems.append(f"mis-shaped tensor(s): {_list(shapes)}")
+    if problems:
+        raise RuntimeError(
+            f"{where} does not match the model its config.json describes: " + "; ".join(problems)
+            + ". The weights were saved from another model or config, or the files were edited; "
+            "save the model again with save_pretrained."
+        )
+
+
+def _backbone_files(folder: Path, keep_text_encoders: bool) -> dict[str, bytes]:
+    """The diffusers config files (never weights) a trunk is rebuilt from."""
+    names = [n for n in _BACKBONE_CONFIGS if (folder / n).is_file()]
+    for encoder, tokenizer in _TEXT_SLOTS:
+        if (folder / tokenizer).is_dir():
+            names += [f"{tokenizer}/{p.name}" for p in sorted((folder / tokenizer).iterdir())
+                      if p.is_file()]
+        if keep_text_encoders and (folder / encoder / "config.json").is_file():
+            names.append(f"{encoder}/config.json")
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+# ----------------------------------------------------------------------------------- the base
+
+class DiffusionPerceptionModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="diffperception",
+    tags=["diffperception", "diffusion-features"],
+):
+    """Base of the task models: trunk + head + ``TaskConfig``, shared through the Hub.
+
+    Subclasses register with ``@register_model`` and take ``(config, *, source=None,
+    load_weights=True, **hub_kwargs)``; they own ``config`` (``TaskConfig``), ``source``
+    (``ModelSource`` of the backbone) and register the backbone modules under ``TRUNK_PREFIXES``.
+    The pipeline tag of the model card is given as a class keyword
+    (``class X(DiffusionPerceptionModel, pipeline_tag="image-classification")``).
+    """
+
+    config: TaskConfig
+    source: ModelSource
+    #: Keys under these prefixes come from the base model (left out by ``bundle_trunk=False``).
+    trunk_prefixes: ClassVar[tuple[str, ...]] = TRUNK_PREFIXES
+
+    # ------------------------------------------------------------------------------- config
+
+    def saved_config(self) -> dict[str, Any]:
+        """The ``config.json`` dict: the config with the resolved base revision and versions."""
+        from .. import __version__
+
+        data = self.config.to_dict()
+        if self.source.revision is not None:
+            data["backbone"]["revision"] = self.source.revision
+        data["architecture"] = type(self).__name__
+        data["diffperception_version"] = __version__
+        data["config_format"] = CONFIG_FORMAT_VERSION
+        return data
+
+    def _keeps_text_encoders(self) -> bool:
+        return any(k.startswith(("text_encoder.", "text_encoder_2.")) for k in self.state_dict())
+
+    # --------------------------------------------------------------------------------- save
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        bundle_trunk: bool = True,
+        max_shard_size: int | str = MAX_SHARD_SIZE,
+        metrics: Sequence[Any] | None = None,
+        license: str | None = None,  # noqa: A002 - the model card field's name
+        model_id: str | None = None,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Saves ``config.json``, ``model.safetensors`` (+ ``backbone/``) and ``README.md``.
+
+        Args:
+            save_directory: Folder to write (created if needed; files of an earlier save are
+                replaced).
+            bundle_trunk: Save the trunk's weights and configs (the folder works without the
+                base repo); False saves only the head and reloads the trunk from the base repo
+                at the pinned revision.
+            max_shard_size: Shard the weights above this size (huggingface_hub's helpers).
+            metrics: Evaluation results for the card's ``model-index``: ``EvalResult``s or dicts
+                of its fields (``task_type``, ``dataset_type``, ``dataset_name``,
+                ``metric_type``, ``metric_value``, ...).
+            license: License of the card; default: the base model's, when known.
+            model_id: The name the card's usage snippet loads (default: ``save_directory``).
+            push_to_hub: Also push (``repo_id``, default the folder name) with
+                ``push_to_hub_kwargs``.
+
+        Returns:
+            The commit URL when pushed, else None.
+
+        Example:
+            >>> model.save_pretrained("out/")            # config.json, model.safetensors, README.md
+            >>> AutoDiffusionPerception.from_pretrained("out/")
+        """
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self._save_pretrained(save_directory, bundle_trunk=bundle_trunk,
+                              max_shard_size=max_shard_size)
+        card = self.generate_model_card(model_id=model_id or str(save_directory), metrics=metrics,
+                                        license=license, bundle_trunk=bundle_trunk)
+        card.save(save_directory / CARD_NAME)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or save_directory.name, bundle_trunk=bundle_trunk,
+                                    max_shard_size=max_shard_size, metrics=metrics,
+                                    license=license, **push_to_hub_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path, *, bundle_trunk: bool = True,
+                         max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
+        """Writes the config, the weights (sharded above ``max_shard_size``) and ``backbone/``."""
+        from huggingface_hub import save_torch_state_dict
+
+        # Read before writing: the model may have been loaded from this very folder.
+        configs = _backbone_files(self.source.folder, self._keeps_text_encoders()) \
+            if bundle_trunk else {}
+        state = self.state_dict()
+        if not bundle_trunk:
+            state = {k: v for k, v in state.items() if not k.startswith(self.trunk_prefixes)}
+        meta = [k for k, v in state.items() if v.is_meta]
+        if meta:
+            raise RuntimeError(f"Tensors {_list(meta)} have no values (meta device): load the "
+                               "weights before saving.")
+        (save_directory / CONFIG_NAME).write_text(json.dumps(self.saved_config(), indent=2) + "\n")
+        save_torch_state_dict(
+            {k: v.detach() for k, v in state.items()}, save_directory,
+            filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size,
+            metadata={"diffperception_contents": "trunk+head" if bundle_trunk else "head"},
+        )
+        backbone = save_directory / BACKBONE_DIR
+        shutil.rmtree(backbone, ignore_errors=True)
+        for name, data in configs.items():
+            (backbone / name).parent.mkdir(parents=True, exist_ok=True)
+            (backbone / name).write_bytes(data)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        bundle_trunk: bool = True,
+        commit_message: str = "Upload diffperception task model",
+        private: bool | None = None,
+        token: str | None = None,
+        branch: str | None = None,
+        create_pr: bool | None = None,
+        metrics: Sequence[Any] | None = None,
+        license: str | None = None,  # noqa: A002
+        max_shard_size: int | str = MAX_SHARD_SIZE,
+        **_: Any,
+    ) -> str:
+        """Saves the model into a temporary folder and uploads it in one commit.
+
+        Args:
+            repo_id: ``"namespace/name"``; the repo is created if it does not exist.
+            bundle_trunk: See ``save_pretrained``; False needs a Hub base model.
+            commit_message, private, token, branch, create_pr: As for huggingface_hub.
+            metrics, license, max_shard_size: See ``save_pretrained``.
+
+        Returns:
+            The commit URL (a ``CommitInfo``: ``.oid`` is the commit sha).
+
+        Raises:
+            ValueError: ``bundle_trunk=False`` with a base model that is a local folder.
+
+        Example:
+            >>> model.push_to_hub("org/dift-sd21-features", private=True)
+        """
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import SoftTemporaryDirectory
+
+        if not bundle_trunk and Path(self.config.backbone.repo_id).expanduser().is_dir():
+            raise ValueError(
+                f"bundle_trunk=False pushes a model whose trunk must be read from its base repo, "
+                f"but the base is the local folder {self.config.backbone.repo_id!r}; push with "
+                "bundle_trunk=True, or build the model from a Hub repo id."
+            )
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+        with SoftTemporaryDirectory() as tmp:
+            folder = Path(tmp) / "model"
+            self.save_pretrained(folder, bundle_trunk=bundle_trunk, max_shard_size=max_shard_size,
+                                 metrics=metrics, license=license, model_id=repo_id)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                revision=branch, create_pr=create_pr,
+                # one commit that also drops files of an earlier push (old shards, backbone/)
+                delete_patterns=["model*.safetensors", "model*.safetensors.index.json",
+                                 f"{BACKBONE_DIR}/**"],
+            )
+
+    def generate_model_card(self, *args: Any, model_id: str | None = None,
+                            metrics: Sequence[Any] | None = None, license: str | None = None,  # noqa: A002
+                            bundle_trunk: bool = True, **kwargs: Any):
+        """The model card (``huggingface_hub.ModelCard``); see ``diffperception.modeling.model_card``."""
+        from .model_card import build_model_card
+
+        return build_model_card(self, model_id=model_id, metrics=metrics, license=license,
+                                bundle_trunk=bundle_trunk)
+
+    def card_usage(self, model_id: str) -> str:
+        """The usage snippet of the model card (Python source that runs as is)."""
+        from .model_card import default_usage
+
+        return default_usage(self, model_id)
+
+    # --------------------------------------------------------------------------------- load
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        **model_kwargs: Any,
+    ) -> M:
+        """Loads a saved task model from a local folder or a Hub repo (no code is executed).
+
+        Args:
+            pretrained_model_name_or_path: Folder written by ``save_pretrained`` or a Hub repo id.
+            revision: Branch, tag or commit sha of the Hub repo.
+            cache_dir: huggingface_hub cache folder.
+            local_files_only: Use the cache only (also implied by ``HF_HUB_OFFLINE=1``).
+            token: Hub token (private repos; also used for the base repo of an unbundled model).
+            force_download: Download again even when cached.
+
+        Raises:
+            FileNotFoundError: Missing folder, repo, revision, weights; offline without a cache.
+            ValueError: Invalid config (unknown keys, newer format) or another architecture.
+            RuntimeError: Missing, unexpected or mis-shaped tensors; a truncated weight file.
+
+        Example:
+            >>> model = DiffusionPerceptionForFeatureExtraction.from_pretrained("org/name")
+        """
+        if model_kwargs:
+            raise TypeError(f"Unexpected argument(s) {sorted(model_kwargs)}: the model is built "
+                            "from its config.json.")
+        folder = resolve_model_folder(pretrained_model_name_or_path, revision=revision,
+                                      cache_dir=cache_dir, local_files_only=local_files_only,
+                                      token=token, force_download=force_download)
+        config = read_config(folder)
+        target = cls._class_for(TaskConfig.from_dict(config).architecture, folder)
+        return target._from_pretrained(model_id=str(folder), revision=revision, cache_dir=cache_dir,
+                                       force_download=force_download, token=token,
+                                       local_files_only=local_files_only, config=config)
+
+    @classmethod
+    def _class_for(cls, architecture: str, folder: Path) -> type:
+        from .registry import get_model_class
+
+        target = get_model_class(architecture)
+        if cls is not DiffusionPerceptionModel and not issubclass(target, cls):
+            raise ValueError(
+                f"{folder} holds a {architecture}, not a {cls.__name__}; load it with "
+                f"{architecture}.from_pretrained or AutoDiffusionPerception.from_pretrained."
+            )
+        return target
+
+    @classmethod
+    def _from_pretrained(cls: type[M], *, model_id: str, revision: str | None,
+                         cache_dir: str | os.PathLike | None, force_download: bool,
+                         local_files_only: bool, token: str | bool | None,
+                         config: dict[str, Any] | None = None, **_: Any) -> M:
+        """Builds the model from the resolved folder ``model_id`` and loads its weights strictly."""
+        folder = Path(model_id)
+        task_config = TaskConfig.from_dict(config if config is not None else read_config(folder))
+        backbone = folder / BACKBONE_DIR
+        bundled = (backbone / "unet" / "config.json").is_file()
+        if bundled:
+            source = ModelSource(folder=backbone, repo_id=task_config.backbone.repo_id,
+                                 revision=task_config.backbone.revision)
+            model = cls(task_config, source=source, load_weights=False)
+        else:
+            source = resolve_source(task_config.backbone.repo_id,
+                                    revision=task_config.backbone.revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only, token=token)
+            model = cls(task_config, source=source, load_weights=True)
+        model.load_saved_weights(_weight_files(folder), include_trunk=bundled)
+        return model.eval()
+
+    def load_saved_weights(self, files: Sequence[Path], *, include_trunk: bool = True) -> None:
+        """Loads safetensors files strictly (keys and shapes), casting to the model's dtypes.
+
+        Args:
+            files: The weight files (one, or every shard).
+            include_trunk: The files hold the trunk too; False expects only the keys outside
+                ``trunk_prefixes`` (the trunk came from the base repo).
+
+        Raises:
+            RuntimeError: Missing, unexpected or mis-shaped tensors (listed by key), or a
+                truncated file.
+        """
+        expected = self.state_dict(keep_vars=True)
+        if not include_trunk:
+            expected = {k: v for k, v in expected.items() if not k.startswith(self.trunk_prefixes)}
+        loaded = read_tensors(list(files), None)
+        where = files[0].name if len(files) == 1 else f"the {len(files)} shards of {files[0].parent}"
+        check_state_dict(expected, loaded, where)
+        loaded = {k: v.to(expected[k].dtype) for k, v in loaded.items()}
+        self.load_state_dict(loaded, strict=include_trunk, assign=True)
+        empty = [n for n, t in chain(self.named_parameters(), self.named_buffers()) if t.is_meta]
+        if empty:
+            raise RuntimeError(f"After loading, tensors {_list(empty)} still have no values; the "
+                               "saved model is incomplete.")

@@ -1,0 +1,86 @@
+"""The in-package registry of task models (what ``config["architecture"]`` may name).
+
+Task models register with a decorator, as timm's models do; ``AutoDiffusionPerception`` looks the
+architecture of a ``config.json`` up here and nowhere else, so loading a repository never imports
+or executes code named by it.
+
+Example:
+    >>> @register_model
+    ... class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel): ...
+    >>> list_models("*Classification")
+    ['DiffusionPerceptionForImageClassification']
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Callable, TypeVar, overload
+
+__all__ = ["register_model", "list_models", "get_model_class"]
+
+T = TypeVar("T", bound=type)
+
+_MODELS: dict[str, type] = {}
+
+
+@overload
+def register_model(cls: T) -> T: ...
+
+
+@overload
+def register_model(cls: None = None, *, name: str | None = None) -> Callable[[T], T]: ...
+
+
+def register_model(cls: T | None = None, *, name: str | None = None):
+    """Class decorator registering a task model under its class name (or ``name``).
+
+    Args:
+        cls: The task model class (when used as ``@register_model``).
+        name: Registered name when it differs from the class name (``@register_model(name=...)``).
+
+    Raises:
+        ValueError: Another class is already registered under that name.
+    """
+
+    def wrap(klass: T) -> T:
+        key = name or klass.__name__
+        existing = _MODELS.get(key)
+        if existing is not None and existing is not klass and (
+            existing.__module__, existing.__qualname__) != (klass.__module__, klass.__qualname__):
+            raise ValueError(
+                f"Task model name {key!r} is already registered by "
+                f"{existing.__module__}.{existing.__qualname__}; pick another name."
+            )
+        _MODELS[key] = klass
+        return klass
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def list_models(filter: str = "") -> list[str]:  # noqa: A002 - timm's name
+    """Names of the registered task models, sorted; ``filter`` is an fnmatch pattern.
+
+    Example:
+        >>> list_models()
+        ['DiffusionPerceptionForFeatureExtraction', ...]
+    """
+    names = sorted(_MODELS)
+    return [n for n in names if fnmatch.fnmatchcase(n, filter)] if filter else names
+
+
+def get_model_class(name: str) -> type:
+    """The task model class registered under ``name``.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the closest names).
+    """
+    if name in _MODELS:
+        return _MODELS[name]
+    close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(
+        f"config['architecture'] = {name!r} is not a registered task model.{hint} Registered: "
+        f"{list_models()}. A config written by a newer diffperception may name a model this "
+        "version lacks: upgrade with `pip install -U diffperception`."
+    )
