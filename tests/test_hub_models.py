@@ -341,3 +341,20 @@ def test_cli_push_uploads_a_checked_folder(local_hub, saved_sd2, tmp_path, capsy
     (broken / "model.safetensors").unlink()
     assert main(["push", str(broken), _repo("cli-broken"), "--token", ALICE]) == 2
     assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_registry_lists_models_and_refuses_duplicates_and_unregistered(sd2_model, tmp_path):
+    from diffperception import list_models, register_model
+
+    assert list_models("*FeatureExtraction") == ["DiffusionPerceptionForFeatureExtraction"]
+    with pytest.raises(ValueError, match="already registered"):
+        @register_model(name="DiffusionPerceptionForFeatureExtraction")
+        class Impostor(DiffusionPerceptionForFeatureExtraction):
+            pass
+
+    class Unregistered(DiffusionPerceptionForFeatureExtraction):
+        pass
+
+    model = Unregistered(sd2_model.config, source=sd2_model.source)
+    with pytest.raises(ValueError, match="not a registered task model.*@register_model"):
+        model.save_pretrained(tmp_path / "m")

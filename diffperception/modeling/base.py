@@ -31,6 +31,7 @@ from torch import nn
 
 from ..backbones.loading import ModelSource, read_tensors, resolve_source
 from ..config import CONFIG_FORMAT_VERSION, TaskConfig
+from .registry import registered_name
 
 __all__ = [
     "DiffusionPerceptionModel",
@@ -249,7 +250,7 @@ class DiffusionPerceptionModel(
         data = self.config.to_dict()
         if self.source.revision is not None:
             data["backbone"]["revision"] = self.source.revision
-        data["architecture"] = type(self).__name__
+        data["architecture"] = registered_name(type(self))
         data["diffperception_version"] = __version__
         data["config_format"] = CONFIG_FORMAT_VERSION
         return data

@@ -17,7 +17,7 @@ import difflib
 import fnmatch
 from typing import Callable, TypeVar, overload
 
-__all__ = ["register_model", "list_models", "get_model_class"]
+__all__ = ["register_model", "list_models", "get_model_class", "registered_name"]
 
 T = TypeVar("T", bound=type)
 
@@ -83,4 +83,19 @@ def get_model_class(name: str) -> type:
         f"config['architecture'] = {name!r} is not a registered task model.{hint} Registered: "
         f"{list_models()}. A config written by a newer diffperception may name a model this "
         "version lacks: upgrade with `pip install -U diffperception`."
+    )
+
+
+def registered_name(cls: type) -> str:
+    """The name ``cls`` is registered under (what ``config["architecture"]`` holds for it).
+
+    Raises:
+        ValueError: ``cls`` is not registered (a saved model of it could not be loaded again).
+    """
+    for key, value in _MODELS.items():
+        if value is cls:
+            return key
+    raise ValueError(
+        f"{cls.__module__}.{cls.__qualname__} is not a registered task model: decorate it with "
+        "@register_model so that from_pretrained can find it again."
     )
