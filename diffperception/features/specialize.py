@@ -39,7 +39,10 @@ class FrozenTimeProjection(nn.Module):
     def forward(self, placeholder: torch.Tensor) -> torch.Tensor:
         if self.bias.shape[0] == 1:
             return self.bias.expand(placeholder.shape[0], -1)  # (N, C)
-        return self.bias.repeat_interleave(placeholder.shape[0] // self.bias.shape[0], dim=0)
+        # expand + reshape, not repeat_interleave: the ONNX exporter (torch 2.13) translates
+        # repeat_interleave with a dynamic repeat count wrongly for batches > 1.
+        repeats = placeholder.shape[0] // self.bias.shape[0]
+        return self.bias[:, None].expand(-1, repeats, -1).reshape(-1, self.bias.shape[1])  # (N, C)
 
 
 def _resnets_with_time(unet: nn.Module) -> list[nn.Module]:
