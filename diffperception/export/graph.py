@@ -9,7 +9,6 @@ example batch and declares the contract. Every exporter starts from the resultin
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from ..config import PreprocessConfig
 from ..features.preprocess import resize_and_crop
 from .contract import BATCH_DIM, build_contract, input_sample_shape, normalize_batch
 
-__all__ = ["ExportGraph", "PreparedExport", "copy_module", "eager_outputs", "example_input", "prepare_export",
+__all__ = ["ExportGraph", "PreparedExport", "eager_outputs", "example_input", "prepare_export",
            "restore_taps", "specialise"]
 
 Progress = Callable[[str], None]
@@ -111,19 +110,6 @@ def restore_taps(module: nn.Module) -> Iterator[None]:
             attach = getattr(sub, "attach_taps", None)
             if callable(attach):
                 attach()
-
-
-def _clear_tap_stores(module: nn.Module) -> None:
-    for sub in module.modules():
-        store = getattr(sub, "_store", None)
-        if isinstance(store, dict):
-            store.clear()  # activations of the last call (may hold autograd graphs)
-
-
-def copy_module(module: nn.Module) -> nn.Module:
-    """A deep copy of an exported module (the trunks' per-call stores are emptied first)."""
-    _clear_tap_stores(module)
-    return copy.deepcopy(module)
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:

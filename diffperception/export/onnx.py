@@ -156,30 +156,37 @@ def to_onnx(
     """
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
-    onnx = _import_onnx()
+    _import_onnx()
     path = output_path(path, ".onnx")
     started = time.perf_counter()
     prepared = prepare_export(model, size=size, batch=batch, batch_range=batch_range, latent_input=latent_input,
                               include_resize=include_resize, progress=progress)
-    if progress:
-        progress(f"exporting ONNX (torch.onnx dynamo exporter, opset {opset})")
-    proto = _export_proto(prepared, opset)
     precision = "fp16" if fp16 else "fp32"
-    contract = with_dtype(prepared.contract, "float16" if fp16 else "float32")
-    if fp16:
-        if progress:
-            progress("converting the graph to fp16")
-        proto = convert_to_fp16(proto)
-    metadata = build_metadata(prepared.special, contract, precision, input_size=prepared.input_size)
-    onnx.helper.set_model_props(proto, metadata)
-    proto.doc_string = f"diffperception export of {metadata['diffperception.source_repo']}"
-    if progress:
-        progress(f"saving {path} and checking it with onnx.checker")
-    files = save_onnx(proto, path, external_data)
-    del proto
-    onnx.checker.check_model(str(path))  # the path form reads external data and files over 2 GB
+    contract, metadata, files = _write_onnx(prepared, path, precision=precision, opset=opset,
+                                            external_data=external_data, progress=progress)
     result = make_result(path, "onnx", prepared, contract=contract, metadata=metadata, precision=precision,
                          started=started, files=files)
     if check:
         attach_parity(result, onnx_runner(path), prepared, progress=progress)
     return result
+
+
+def _write_onnx(prepared: PreparedExport, path: Path, *, precision: str, opset: int, external_data: bool | None,
+                progress: Callable[[str], None] | None) -> tuple[dict[str, Any], dict[str, str], list[Path]]:
+    """Export, convert to fp16 if asked, attach the metadata, save and check: (contract, metadata, files)."""
+    onnx = _import_onnx()
+    say = progress or (lambda _: None)
+    say(f"exporting ONNX (torch.onnx dynamo exporter, opset {opset})")
+    proto = _export_proto(prepared, opset)
+    contract = with_dtype(prepared.contract, "float16" if precision == "fp16" else "float32")
+    if precision == "fp16":
+        say("converting the graph to fp16")
+        proto = convert_to_fp16(proto)
+    metadata = build_metadata(prepared.special, contract, precision, input_size=prepared.input_size)
+    onnx.helper.set_model_props(proto, metadata)
+    proto.doc_string = f"diffperception export of {metadata['diffperception.source_repo']}"
+    say(f"saving {path} and checking it with onnx.checker")
+    files = save_onnx(proto, path, external_data)
+    del proto
+    onnx.checker.check_model(str(path))  # the path form reads external data and files over 2 GB
+    return contract, metadata, files

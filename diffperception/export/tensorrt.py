@@ -67,7 +67,9 @@ def to_tensorrt(
     precision flag. The parity check compares the engine with the fp32 ONNX file run by ONNX
     Runtime on the CPU on seeded inputs.
 
-    Untested in this repository's CI (no GPU / tensorrt available).
+    Untested in this repository's CI (no GPU / tensorrt available). A graph exported with
+    ``include_resize`` uses an antialiased ONNX ``Resize`` for bicubic / bilinear downscaling,
+    which TensorRT may not parse; resize on the host for TensorRT deployments.
 
     Args:
         model_or_onnx_path: A task model / specialised module, or a diffperception ``.onnx`` file.
@@ -90,9 +92,6 @@ def to_tensorrt(
         FileNotFoundError: The ONNX file does not exist.
         RuntimeError: TensorRT / cuda-python missing, the build failed, or parity failed.
     """
-    from ..deploy.build_engine import build_engine
-    from ..deploy.contract import load_contract, sidecar_path
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     low, opt, high = normalize_batch(batch, batch_range)
@@ -104,16 +103,25 @@ def to_tensorrt(
     if progress:
         progress(f"building the TensorRT engine ({precision}) from {onnx_path}")
     profile = {} if batch_range is None else {"min_batch": low, "opt_batch": opt, "max_batch": high}
+    result = _build(onnx_path, path, precision, profile, workspace_gib, timing_cache, started)
+    if check:
+        result.parity, result.parity_seconds = _engine_parity(result.path, onnx_path, precision, progress)
+    return result
+
+
+def _build(onnx_path: Path, path: Path, precision: str, profile: dict[str, int], workspace_gib: float,
+           timing_cache: str | Path | None, started: float) -> ExportResult:
+    """Build the engine and describe it. Untested in this repository's CI (no GPU / tensorrt available)."""
+    from ..deploy.build_engine import build_engine
+    from ..deploy.contract import load_contract, sidecar_path
+
     engine = build_engine(onnx_path, path, precision=precision, workspace_gib=workspace_gib,
                           timing_cache=timing_cache, **profile)
     contract = load_contract(onnx_path)
     files = [engine, sidecar_path(engine)]
-    result = ExportResult(path=engine, format="tensorrt", size_bytes=files_size(files),
-                          export_seconds=time.perf_counter() - started, parity={}, contract=contract.raw,
-                          precision=precision, files=files, metadata=dict(contract.metadata))
-    if check:
-        result.parity, result.parity_seconds = _engine_parity(engine, onnx_path, precision, progress)
-    return result
+    return ExportResult(path=engine, format="tensorrt", size_bytes=files_size(files),
+                        export_seconds=time.perf_counter() - started, parity={}, contract=contract.raw,
+                        precision=precision, files=files, metadata=dict(contract.metadata))
 
 
 def _engine_parity(engine: Path, onnx_path: Path, precision: str,
