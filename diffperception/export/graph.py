@@ -94,22 +94,16 @@ class ExportGraph(nn.Module):
 
 @contextlib.contextmanager
 def restore_taps(module: nn.Module) -> Iterator[None]:
-    """Re-attach the trunks' capture hooks after ``torch.export`` (and silence its warning about them).
+    """Silences torch.export's warning about the trunk's capture store.
 
-    ``torch.export`` snapshots and restores every plain module attribute, which replaces the
-    dict the trunk's forward hooks write into; without re-attaching, the eager module raises
-    ``KeyError`` on its next call.
+    ``torch.export`` snapshots and restores plain module attributes, including the dict the
+    trunk's capture hooks write into; the hooks reach that dict through the trunk at call time,
+    so the eager module keeps working after an export.
     """
-    try:
-        with warnings.catch_warnings():
-            # the same hooks make torch.export warn that tensor attributes were assigned
-            warnings.filterwarnings("ignore", message="The tensor attribute", category=UserWarning)
-            yield
-    finally:
-        for sub in module.modules():
-            attach = getattr(sub, "attach_taps", None)
-            if callable(attach):
-                attach()
+    with warnings.catch_warnings():
+        # the capture hooks make torch.export warn that tensor attributes were assigned
+        warnings.filterwarnings("ignore", message="The tensor attribute", category=UserWarning)
+        yield
 
 
 def _module_dtype(module: nn.Module) -> torch.dtype:

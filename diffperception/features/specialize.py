@@ -154,7 +154,11 @@ def specialize(model, *, size: tuple[int, int] | None = None, latent_input: bool
         raise ValueError(f"size {size} must be a multiple of {model.size_multiple} in both sides.")
     T, E = len(features.timesteps), features.noise.ensemble
     t_index = torch.tensor(model._timesteps(), device=model.device)
-    unet = copy.deepcopy(model.unet)
+    model.trunk.detach_taps()  # copy the U-Net without the original trunk's capture hooks
+    try:
+        unet = copy.deepcopy(model.unet)
+    finally:
+        model.trunk.attach_taps()
     trunk = Trunk(unet, model.trunk.taps, model.trunk.plan, model.trunk.num_up_blocks)
     factor = model.vae.downsample_factor if model.vae is not None else 1
     latent_hw = (size[0] // factor, size[1] // factor)

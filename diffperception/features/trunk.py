@@ -142,10 +142,14 @@ def _per_sample(value: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class _CaptureHook:
-    """Forward (pre-)hook storing one tap into the trunk's per-call store."""
+    """Forward (pre-)hook storing one tap into the trunk's per-call store.
 
-    def __init__(self, store: dict, name: str, pre: bool) -> None:
-        self.store, self.name, self.pre = store, name, pre
+    It reaches the store through the trunk at call time (``torch.export`` swaps plain attributes
+    such as the store dict while tracing).
+    """
+
+    def __init__(self, trunk: "Trunk", name: str, pre: bool) -> None:
+        self.trunk, self.name, self.pre = trunk, name, pre
 
     def __call__(self, module, args, *rest):
         if self.pre:
@@ -153,7 +157,7 @@ class _CaptureHook:
             value = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         else:
             value = rest[-1]
-        self.store[self.name] = _first(value)
+        self.trunk._store[self.name] = _first(value)
 
 
 class Trunk(nn.Module):
@@ -183,11 +187,15 @@ class Trunk(nn.Module):
         self._handles: list = []
         self.attach_taps()
 
-    def attach_taps(self) -> None:
-        """(Re-)registers the capture hooks on the current modules."""
+    def detach_taps(self) -> None:
+        """Removes the capture hooks (e.g. before copying the U-Net)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def attach_taps(self) -> None:
+        """(Re-)registers the capture hooks on the current modules."""
+        self.detach_taps()
         modules = dict(self.unet.named_modules())
         for tap in self.taps:
             module = modules[tap.path]
@@ -196,7 +204,7 @@ class Trunk(nn.Module):
                     module.probs_tap = AttentionProbs()
                 install_processor(module)
                 module = module.probs_tap
-            hook = _CaptureHook(self._store, tap.name, pre=tap.kind == "in")
+            hook = _CaptureHook(self, tap.name, pre=tap.kind == "in")
             if tap.kind == "in":
                 self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             else:
@@ -246,7 +254,9 @@ class Trunk(nn.Module):
         self._run_blocks(sample, emb, context)
         n = sample.shape[0]
         # K / V of a batch-1 text context are computed once; report them per sample.
-        return {tap.name: _per_sample(self._store[tap.name], n) for tap in self.taps}
+        out = {tap.name: _per_sample(self._store[tap.name], n) for tap in self.taps}
+        self._store.clear()  # keep no activation (or autograd graph) alive between calls
+        return out
 
     def _call_block(self, block, sample, emb, context, **kw):
         if self.conditional and getattr(block, "has_cross_attention", False):
