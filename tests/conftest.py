@@ -38,6 +38,11 @@ def pytest_unconfigure(config):
 
 
 import tiny_models  # noqa: E402
+import torch  # noqa: E402
+
+# The tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP's
+# spinning threads make each forward orders of magnitude slower.
+torch.set_num_threads(1)
 
 KINDS = ("sd1", "sd2", "sdxl", "pixel")
 

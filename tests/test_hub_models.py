@@ -25,16 +25,6 @@ from diffperception.config import TaskConfig
 ALICE, BOB = "hf_alice_token", "hf_bob_token"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP threads that wait for
-    each other make each tiny op ~100x slower; restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _repo(name: str) -> str:
     return f"alice/{name}-{uuid.uuid4().hex[:8]}"
 

@@ -31,16 +31,6 @@ STAND_INS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP threads that wait for
-    each other make each tiny op ~100x slower; restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _images(batch: int = 2) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     return torch.rand(batch, 3, 64, 64, generator=gen)  # (B, 3, H, W) in [0, 1]
