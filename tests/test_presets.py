@@ -20,6 +20,7 @@ import torch
 
 from diffperception import AutoDiffusionPerception, list_models, list_presets
 from diffperception.config import TaskConfig
+from diffperception.default_model import DEFAULT_MODEL_PATH
 from diffperception.modeling.presets import load_preset, preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,18 +29,19 @@ STAND_INS = {
     "stabilityai/stable-diffusion-2-1": "sd2",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd1",
     "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "diffperception:default": "default",  # the shipped model itself: no stand-in needed
 }
 
 
-def _images(batch: int = 2) -> torch.Tensor:
+def _images(batch: int = 2, size: int = 64) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
-    return torch.rand(batch, 3, 64, 64, generator=gen)  # (B, 3, H, W) in [0, 1]
+    return torch.rand(batch, 3, size, size, generator=gen)  # (B, 3, H, W) in [0, 1]
 
 
 def test_shipped_presets_are_listed_by_file_stem():
     stems = sorted(p.stem for p in (ROOT / "hub_configs").glob("*.json"))
     assert list_presets() == stems
-    assert {"dift-sd21", "sd15-features", "sdxl-features"} <= set(stems)
+    assert {"dift-sd21", "sd15-features", "sdxl-features", "digits-default"} <= set(stems)
     assert list_presets("*sdxl*") == ["sdxl-features"]
 
 
@@ -79,12 +81,14 @@ def test_overrides_apply_and_are_validated():
 @pytest.mark.parametrize("name", list_presets())
 def test_preset_builds_on_tiny_stand_in_and_round_trips(name, tiny_repos, tmp_path):
     preset = TaskConfig.from_dict(load_preset(name))
-    stand_in = tiny_repos[STAND_INS[preset.backbone.repo_id]]
-    model = AutoDiffusionPerception.from_preset(name, repo_id=stand_in, size=(64, 64))
+    kind = STAND_INS[preset.backbone.repo_id]
+    stand_in = DEFAULT_MODEL_PATH if kind == "default" else tiny_repos[kind]
+    size = 32 if kind == "default" else 64
+    model = AutoDiffusionPerception.from_preset(name, repo_id=stand_in, size=(size, size))
     assert type(model).__name__ == preset.architecture
     assert model.config.features == preset.features
     with torch.no_grad():
-        expected = model(_images())
+        expected = model(_images(size=size))
     for tap in preset.features.taps:
         assert expected[tap].shape[0] == 2 and torch.isfinite(expected[tap]).all()
 
@@ -93,7 +97,7 @@ def test_preset_builds_on_tiny_stand_in_and_round_trips(name, tiny_repos, tmp_pa
     assert saved.features == preset.features and saved.backbone.repo_id == str(stand_in)
     loaded = AutoDiffusionPerception.from_pretrained(tmp_path / name)
     with torch.no_grad():
-        actual = loaded(_images())
+        actual = loaded(_images(size=size))
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
 
 

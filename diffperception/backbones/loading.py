@@ -40,6 +40,10 @@ _PATTERNS = [
 ]
 
 
+# The name of the offline default model shipped inside the package (a diffusers folder).
+DEFAULT_MODEL_ID = "diffperception:default"
+
+
 @dataclass
 class ModelSource:
     """A resolved diffusers model folder.
@@ -66,7 +70,8 @@ def resolve_source(
     """Finds (downloading if needed) the files of a diffusers model.
 
     Args:
-        repo_id: Hub repo id (``"stabilityai/stable-diffusion-2-1"``) or a local folder.
+        repo_id: Hub repo id (``"stabilityai/stable-diffusion-2-1"``), a local folder, or
+            ``"diffperception:default"`` for the offline default model shipped with the package.
         revision: Branch, tag or commit sha of a Hub repo.
         cache_dir: huggingface_hub cache folder.
         local_files_only: Never touch the network; use the cache only.
@@ -78,6 +83,10 @@ def resolve_source(
     Raises:
         FileNotFoundError: The folder or repo does not exist, or it is not cached while offline.
     """
+    if str(repo_id) == DEFAULT_MODEL_ID:
+        from ..default_model import DEFAULT_MODEL_PATH
+
+        return ModelSource(folder=DEFAULT_MODEL_PATH, repo_id=DEFAULT_MODEL_ID, revision=None)
     path = Path(repo_id).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
