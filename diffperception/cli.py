@@ -34,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         sub_parser = sub.add_parser(name, help=help_text)
         if name == chosen:
             module = importlib.import_module(module_name)
-            add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
-            add(sub_parser)
-            modules[name] = getattr(module, f"run_{name}", None) or module.run
+            # a module serving several subcommands names its pairs add_<name>_arguments / run_<name>
+            if hasattr(module, f"add_{name}_arguments"):
+                getattr(module, f"add_{name}_arguments")(sub_parser)
+                modules[name] = getattr(module, f"run_{name}")
+            else:
+                module.add_arguments(sub_parser)
+                modules[name] = module.run
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
