@@ -21,6 +21,7 @@ Backends:
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from dataclasses import replace
@@ -66,6 +67,7 @@ def _specialized(folder: Path, s: Scenario):
     model = library_model(folder, s)
     special = model.specialize(size=(s.resolution, s.resolution), latent_input=s.view == "trunk")
     del model
+    gc.collect()  # the task model's trunk and U-Net reference each other: free the cycle now
     return special
 
 
@@ -137,7 +139,8 @@ def _export_once(fmt: str, special, s: Scenario, workdir: Path) -> dict[str, Any
         return export_artifact(fmt, special, workdir / f"{s.backend}{_SUFFIX[fmt]}",
                                size=(s.resolution, s.resolution), batch=s.chunk or s.batch,
                                latent_input=s.view == "trunk")
-    shared = replace(s, backend="onnxruntime", options={})
+    # One file per static batch: a chunked scenario shares the file of its chunk size.
+    shared = replace(s, backend="onnxruntime", options={}, batch=s.chunk or s.batch, chunk=0)
     folder = workdir.parent / f"{s.arch}-onnx-{shared.artifact_key()}"
     done = folder / "export.json"
     if done.is_file():

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: benchmarks/results/<suite>.jsonl)")
     parser.add_argument("--report-dir", type=Path, default=RESULTS_DIR,
                         help="where REPORT.md and the PNG plots are written")
+    parser.add_argument("--note", default="", help="a paragraph put under the report's header "
+                        "(e.g. what else ran on the machine)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="models, references and artifacts (default: $TMPDIR/diffperception-bench)")
     parser.add_argument("--iters", type=int, default=None, help="override the timed calls")
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         from .report import write_report
 
         paths = args.report or sorted(RESULTS_DIR.glob("*.jsonl"))
-        print(write_report(paths, args.report_dir))
+        print(write_report(paths, args.report_dir, title_note=args.note))
         return 0
     from .runner import run_scenarios
     from .suites import suite

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["goal_lines", "fastest", "GOAL_SCENARIO"]
+__all__ = ["goal_lines", "goal_rows", "fastest", "GOAL_SCENARIO"]
 
 GOAL_SCENARIO = {"arch": "sd15", "resolution": 512, "taps": ["up_ft.1"], "timestep": 261,
                  "precision": "float32", "device": "cpu", "ensemble": 1}
 BASELINES = ("full_forward", "block_cut_eager")
 
 
-def _select(rows: Sequence[dict[str, Any]], view: str, batch: int) -> list[dict[str, Any]]:
+def goal_rows(rows: Sequence[dict[str, Any]], view: str, batch: int) -> list[dict[str, Any]]:
+    """The successful rows of the goal scenario (SD 1.5, 512 px, ...) for a view and batch."""
     out = []
     for row in rows:
         s = row["scenario"]
@@ -60,8 +61,8 @@ def _speed_line(best, base, target: float, what: str) -> str:
 
 def goal_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown bullet lines, one per goal (empty when no goal scenario was run)."""
-    b1, b4 = _select(rows, "trunk", 1), _select(rows, "trunk", 4)
-    e2e = _select(rows, "e2e", 1)
+    b1, b4 = goal_rows(rows, "trunk", 1), goal_rows(rows, "trunk", 4)
+    e2e = goal_rows(rows, "e2e", 1)
     if not (b1 or b4 or e2e):
         return []
     lines = []

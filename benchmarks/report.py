@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .goals import goal_lines
+from .goals import goal_lines, goal_rows
 
 __all__ = ["load_results", "write_report", "results_table", "group_key"]
 
@@ -84,6 +84,35 @@ def results_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The README table: SD 1.5 goal scenarios, one row per backend (empty when not run)."""
+    views = {"b1": goal_rows(rows, "trunk", 1), "b4": goal_rows(rows, "trunk", 4),
+             "e2e": goal_rows(rows, "e2e", 1)}
+    if not any(views.values()):
+        return ""
+    index = {v: {_backend_label(r): r for r in members} for v, members in views.items()}
+    full = {v: index[v].get("full_forward") for v in views}
+    names = sorted({n for members in index.values() for n in members},
+                   key=lambda n: min(index[v][n]["p50_s"] for v in index if n in index[v]))
+    lines = ["| backend | trunk b1 p50 s | vs full fwd | trunk b4 p50 s | vs full fwd "
+             "| b4 peak RSS GB | image-in b1 p50 s | vs full fwd |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        cells = []
+        for v in ("b1", "b4"):
+            r = index[v].get(name)
+            cells += [_fmt(r["p50_s"]) if r else "-", _ratio(full[v], r)]
+        r4 = index["b4"].get(name)
+        cells.append(_fmt(r4["max_rss_mb"], ".2f", 1 / 1024) if r4 else "-")
+        r = index["e2e"].get(name)
+        cells += [_fmt(r["p50_s"]) if r else "-", _ratio(full["e2e"], r)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(base: dict[str, Any] | None, row: dict[str, Any] | None) -> str:
+    return f"{base['p50_s'] / row['p50_s']:.2f}x" if base and row else "-"
+
+
 def _group_title(key: tuple) -> str:
     arch, res, view, batch, taps, t, ens, device = key
     what = "trunk (latent in)" if view == "trunk" else "end to end (image in, VAE encoder included)"
@@ -94,6 +123,9 @@ def _group_title(key: tuple) -> str:
 
 def _header(rows: list[dict[str, Any]]) -> list[str]:
     machine = rows[0]["machine"] or {}
+    peaks = sorted({r["machine"]["matmul_gflops"] for r in rows
+                    if r.get("machine") and r["machine"].get("matmul_gflops")})
+    peak_text = (f"{peaks[0]}" if len(peaks) == 1 else f"{peaks[0]} to {peaks[-1]}") if peaks else "?"
     dates = sorted(r["date"] for r in rows if r.get("date"))
     loads = [r["load_avg_start"] for r in rows if r.get("load_avg_start") is not None]
     versions = rows[0].get("versions") or {}
@@ -102,7 +134,8 @@ def _header(rows: list[dict[str, Any]]) -> list[str]:
         "",
         f"- Machine: **{machine.get('summary', '?')}**, {machine.get('memory_gb', '?')} GB RAM, "
         f"{machine.get('threads_used', '?')} threads (torch and ONNX Runtime).",
-        f"- Peak fp32: measured matmul (4096x4096) **{machine.get('matmul_gflops')} GFLOP/s**; "
+        f"- Peak fp32: measured matmul (4096x4096) **{peak_text} GFLOP/s** (measured at the start of "
+        "each `bench` run; each row's % matmul uses its own run's figure); "
         f"theoretical {machine.get('theoretical_gflops')} GFLOP/s ({machine.get('cores')} cores x "
         f"{_fmt(machine.get('clock_ghz'))} GHz x {machine.get('flops_per_cycle')} FLOP/cycle).",
         f"- Date: {dates[0][:10] if dates else '?'}" + (f" to {dates[-1][:10]}" if dates and
@@ -144,6 +177,9 @@ def write_report(paths: Sequence[Path], out_dir: Path, *, title_note: str = "") 
     lines = _header(rows)
     if title_note:
         lines += [title_note, ""]
+    summary = summary_table(rows)
+    if summary:
+        lines += ["## Summary (SD 1.5 architecture, 512 px, tap up_ft.1, t=261, fp32)", "", summary, ""]
     goals = goal_lines(rows)
     if goals:
         lines += ["## Goals (SD 1.5, 512 px, up_ft.1, t=261, fp32)", ""] + goals + [""]

@@ -86,6 +86,20 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    """Returns freed heap memory to the OS (glibc), so that memory freed while loading (e.g. the
+    unspecialised model a specialised copy was made from) is not counted as in use afterwards."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -137,6 +151,7 @@ def step_measure(s: Scenario, cache_dir: Path, built: dict[str, Any]) -> dict[st
     result["load_max_rss_mb"] = _max_rss_mb()
     if s.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    _trim_heap()
     reset = _reset_peak_rss()
     start = time.perf_counter()
     out = fn(x)

@@ -104,8 +104,8 @@ class Scenario:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def artifact_key(self) -> str:
-        """Hash of what determines an exported artifact (batch included: static shapes)."""
-        parts = [self.arch, self.resolution, self.chunk or self.batch, list(self.taps),
+        """Hash of what determines a build: the artifact (static batch) and the FLOPs counted."""
+        parts = [self.arch, self.resolution, self.batch, self.chunk, list(self.taps),
                  self.timestep, self.ensemble, self.view, self.precision, self.device, self.seed,
                  self.backend, sorted(self.options.items())]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
