@@ -19,6 +19,10 @@ from . import CAPTION_PREFIX, CLASS_NAMES
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 MODEL_MAX_LENGTH = 8
+# CLIP initialises token embeddings with std 0.02, far below what its random layers add,
+# so a frozen random encoder would give nearly the same states for every caption; with
+# std 1 each word's embedding dominates its position and the captions are well apart.
+TOKEN_EMBEDDING_STD = 1.0
 
 TEXT_ENCODER_CONFIG: dict[str, Any] = {
     "hidden_size": 64,
@@ -113,6 +117,9 @@ def build_tokenizer():
 def build_text_encoder(vocab_size: int, seed: int = 0):
     """Builds the small, randomly initialised (seeded) CLIP text encoder.
 
+    The token embeddings are redrawn with std ``TOKEN_EMBEDDING_STD`` (seeded)
+    so that different words give clearly different hidden states.
+
     Args:
         vocab_size: Size of the tokenizer vocabulary.
         seed: Seed of the random initialisation.
@@ -124,6 +131,8 @@ def build_text_encoder(vocab_size: int, seed: int = 0):
 
     torch.manual_seed(seed)
     model = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, **TEXT_ENCODER_CONFIG))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, TOKEN_EMBEDDING_STD)
     return model.eval().requires_grad_(False)
 
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .build import MODEL_MAX_LENGTH, SCHEDULER_CONFIG, TEXT_ENCODER_CONFIG, UNET_CONFIG
+from .build import (MODEL_MAX_LENGTH, SCHEDULER_CONFIG, TEXT_ENCODER_CONFIG,
+                    TOKEN_EMBEDDING_STD, UNET_CONFIG)
 
 FRONT_MATTER = """---
 library_name: diffperception
@@ -32,7 +33,8 @@ def _quality_section(q: dict[str, Any]) -> str:
     """Markdown for the measured accuracies."""
     zs = q["zero_shot_settings"]
     rows = "\n".join(
-        f"| `{key.split('@')[0]}` | {key.split('=')[1]} | {acc:.3f} | {q['probe_random'][key]:.3f} |"
+        f"| `{key.split('@')[0]}` | {key.split('=')[1]} | {acc:.3f} "
+        f"| {q['probe_random'][key]:.3f} |"
         for key, acc in q["probe_trained"].items()
     )
     return f"""## Measured quality (test split, 599 images)
@@ -41,7 +43,8 @@ def _quality_section(q: dict[str, Any]) -> str:
   rule: for each image and each of the ten captions, the mean squared noise-prediction
   error at timesteps {list(zs['timesteps'])} with {zs['seeds']} seeded noise(s) per
   timestep (the same noise for every caption); the caption with the lowest error wins
-  (`diffperception.default_model.evaluate.zero_shot_accuracy`).
+  (`diffperception.default_model.evaluate.zero_shot_accuracy`). The timesteps were
+  chosen on 200 train-split images, never on the test split.
 - Linear probes (`evaluate.probe_check`): standardised logistic regression
   (max_iter 2000) fit on the train split, scored on the test split. Features are
   module outputs captured with forward hooks, noised to timestep t with seeded noise,
@@ -96,11 +99,14 @@ the U-Net works directly on 3x32x32 pixels scaled to [-1, 1].
 
 - `unet`: diffusers `UNet2DConditionModel`, epsilon prediction,
   `{json.dumps(UNET_CONFIG)}`. Note `attention_head_dim` is diffusers' legacy name for
-  the number of heads. Cross-attention (and self-attention) only at 8x8 resolution
-  (down block 2, mid block, up block 0), which keeps training on CPU fast.
+  the number of heads. The attention blocks (self- and cross-attention) sit only at
+  8x8 resolution (down block 2, mid block, up block 0), which keeps CPU training fast.
 - `text_encoder`: transformers `CLIPTextModel`, `{json.dumps(TEXT_ENCODER_CONFIG)}`,
   **random initialisation (seed {s['seed']}), frozen** (never trained); the U-Net
-  learns to read its last hidden states.
+  learns to read its last hidden states. The token embeddings are drawn with std
+  {TOKEN_EMBEDDING_STD} instead of CLIP's 0.02, so that each caption word dominates its
+  position's state (with 0.02 all captions encode almost alike and conditioning is
+  learned far more slowly).
 - `tokenizer`: `CLIPTokenizer` with a byte-level BPE vocabulary built by the project
   for its captions: special tokens, a-z and 0-9 (plain and word-final), and whole-word
   tokens for `a handwritten digit zero ... nine`; `model_max_length` {MODEL_MAX_LENGTH},
@@ -118,17 +124,27 @@ The test split is never used in training.
 ## Training
 
 Captions `"a handwritten digit <word>"`, replaced by the null prompt `""` with
-probability {s['caption_dropout']}; uniform random timesteps; epsilon-prediction MSE;
+probability {s['caption_dropout']}; random timesteps, a fraction {s['high_t_fraction']} of
+them drawn from the upper 60% of the schedule (t >= 400) and the rest uniformly;
+epsilon-prediction MSE with min-SNR weighting (gamma {s['min_snr_gamma']}: weight
+min(SNR, gamma) / SNR, which down-weights only the least noisy timesteps). Both make
+the class caption matter in training: on upsampled 8x8 digits the class is ambiguous
+only at high noise, where the plain epsilon loss is small, so without them the U-Net
+learned to use the caption only weakly in the time budget.
 AdamW (lr {s['lr']}, weight decay {s['weight_decay']}), {s['warmup_steps']} warm-up steps
 then cosine decay to 10%; batch {s['batch_size']}; {s['steps']} steps; no augmentation;
 EMA of the weights (decay {s['ema_decay']}) is what is saved. Seed {s['seed']}.
 
 - Wall time: {info['wall_time_s']:.0f} s ({info['wall_time_s'] / 60:.1f} min) on
   {info['machine']}.
-{_notes(info)}- Final training loss (mean of the last 100 steps): {info['final_loss']:.4f}.
+{_notes(info)}- Final training loss (min-SNR-weighted epsilon MSE, mean of the last 100
+  steps): {info['final_loss']:.4f}.
 - Weights folder size: {_size_mb(out):.1f} MB (fp32 safetensors).
 
-Reproduce: `python -m diffperception.default_model.train --out <folder> --steps {s['steps']} --seed {s['seed']}`.
+Reproduce:
+`python -m diffperception.default_model.train --out <folder> --steps {s['steps']} --seed {s['seed']}`
+(on a CPU shared with other jobs, prefix `OMP_WAIT_POLICY=PASSIVE`; re-measure a folder
+with `--eval-only`).
 
 {quality}{_eval_time(info)}
 `training_info.json` holds the settings, the loss curve (means over 50 steps) and

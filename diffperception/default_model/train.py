@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import CLASS_NAMES, caption_for
 from .data import load_digits_split
@@ -32,8 +31,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 0.01,
     "warmup_steps": 100,
-    "caption_dropout": 0.15,
+    "caption_dropout": 0.1,
     "ema_decay": 0.995,
+    "min_snr_gamma": 5.0,
+    "high_t_fraction": 0.5,
 }
 
 
@@ -61,9 +62,26 @@ def _lr_lambda(warmup: int, steps: int):
     return fn
 
 
+def _sample_timesteps(n: int, n_train_t: int, high_fraction: float,
+                      gen: torch.Generator) -> torch.Tensor:
+    """Uniform timesteps; a ``high_fraction`` of them drawn from the upper 60% only."""
+    t = torch.randint(0, n_train_t, (n,), generator=gen)
+    high = torch.randint(int(0.4 * n_train_t), n_train_t, (n,), generator=gen)
+    return torch.where(torch.rand(n, generator=gen) < high_fraction, high, t)
+
+
+def _loss_weights(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Min-SNR-gamma weights for epsilon prediction, min(SNR, gamma) / SNR (or ones)."""
+    if gamma is None:
+        return torch.ones(len(t))
+    abar = scheduler.alphas_cumprod[t]
+    snr = abar / (1.0 - abar)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_unet(unet, scheduler, cond_table: torch.Tensor, images: np.ndarray,
                labels: np.ndarray, seed: int = 0, **settings: Any) -> dict[str, Any]:
-    """Trains the U-Net with the epsilon-prediction MSE objective.
+    """Trains the U-Net with the (min-SNR-weighted) epsilon-prediction MSE objective.
 
     Args:
         unet: The ``UNet2DConditionModel`` to train (updated in place; EMA
@@ -100,9 +118,10 @@ def train_unet(unet, scheduler, cond_table: torch.Tensor, images: np.ndarray,
         x0, y = x0_all[idx], y_all[idx].clone()
         y[torch.rand(len(y), generator=gen) < cfg["caption_dropout"]] = len(CLASS_NAMES)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, n_train_t, (len(x0),), generator=gen)
+        t = _sample_timesteps(len(x0), n_train_t, cfg["high_t_fraction"], gen)
         pred = unet(scheduler.add_noise(x0, noise, t), t, cond_table[y]).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * _loss_weights(scheduler, t, cfg["min_snr_gamma"])).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
