@@ -1,0 +1,1 @@
+"""Evaluation as library code: metrics, linear probes, zero-shot scoring."""
