@@ -55,10 +55,12 @@ def _eager_call(model, s: Scenario) -> Features:
         return lambda images: model(images)
     hw = (s.resolution, s.resolution)
 
+    backbone = model.backbone
+
     def trunk(latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        z, timesteps = model.noisy_latents(latent)  # (E*B, C, h, w), (E*B,)
-        context, added = model.conditioning(None, latent.shape[0], hw, z.shape[0])
-        return model.reduce(model.trunk(z, timesteps, context, added), latent.shape[0])
+        z, timesteps = backbone.noisy_latents(latent)  # (E*B, C, h, w), (E*B,)
+        context, added = backbone.conditioning(None, latent.shape[0], hw, z.shape[0])
+        return backbone.reduce(backbone.trunk(z, timesteps, context, added), latent.shape[0])
 
     return trunk
 

@@ -15,8 +15,8 @@ def list_taps(model: str | os.PathLike | nn.Module, *, include_kinds: bool = Fal
     """Every valid tap name of a diffusers model.
 
     Args:
-        model: Hub repo id, local diffusers folder, a diffusers U-Net, or a diffperception task
-            model (whose kept trunk is listed).
+        model: Hub repo id, local diffusers folder, a diffusers network, a ``DiffusionBackbone``
+            or a task model (whose kept trunk is listed).
         include_kinds: Also list ``:in`` variants and ``:attn`` taps of attention modules.
         revision: Hub revision (repo ids only).
         **hub_kwargs: ``cache_dir``, ``local_files_only``, ``token``.
@@ -28,17 +28,15 @@ def list_taps(model: str | os.PathLike | nn.Module, *, include_kinds: bool = Fal
     from .features.taps import list_taps as _list
 
     if isinstance(model, nn.Module):
-        return _list(getattr(model, "unet", model), include_kinds=include_kinds)
-    import diffusers
+        backbone = getattr(model, "backbone", model)
+        return _list(getattr(backbone, "network", backbone), include_kinds=include_kinds)
     from accelerate import init_empty_weights
 
-    from .backbones import family_for_unet
-    from .backbones.components import unet_config
+    from .backbones import family_for_folder
     from .backbones.loading import resolve_source
 
     source = resolve_source(model, revision=revision, **hub_kwargs)
-    config = unet_config(source.folder)
-    family = family_for_unet(config.get("_class_name", "UNet2DConditionModel"))
+    family = family_for_folder(source.folder)
     with init_empty_weights():
-        unet = getattr(diffusers, family.unet_class).from_config(config)
-    return _list(unet, include_kinds=include_kinds)
+        network = family.build_network(family.read_config(source.folder))
+    return _list(network, include_kinds=include_kinds)

@@ -9,6 +9,7 @@ impossible values are rejected, with a message naming the key, the value and wha
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +19,15 @@ __all__ = [
     "PromptConfig",
     "FeaturesConfig",
     "PreprocessConfig",
+    "HeadConfig",
     "TaskConfig",
     "CONFIG_FORMAT_VERSION",
 ]
 
-# Bumped when config.json changes incompatibly; a config from a newer format is refused.
-CONFIG_FORMAT_VERSION = 1
+# Bumped when config.json changes incompatibly; a config from a newer format is refused, an
+# older one is migrated on load. 2: state-dict keys under ``backbone.`` / ``head.``, typed head.
+CONFIG_FORMAT_VERSION = 2
 
-FAMILIES = ("sd", "pixel")
 DTYPES = ("float32", "float16", "bfloat16")
 NOISE_KINDS = ("fixed", "random", "none", "ddim_inversion")
 PROMPT_KINDS = ("null", "fixed", "per_image", "learnable")
@@ -66,7 +68,9 @@ class BackboneConfig:
 
     Attributes:
         repo_id: Hub repository id or local folder in diffusers layout.
-        family: ``"sd"`` (``UNet2DConditionModel``) or ``"pixel"`` (text-free ``UNet2DModel``).
+        family: A registered backbone family (``diffperception.backbones.list_families()``):
+            ``"sd"`` (``UNet2DConditionModel``), ``"pixel"`` (text-free ``UNet2DModel``). Checked
+            against the registry when the backbone is built.
         revision: Branch, tag or commit sha; saved models record the resolved commit sha.
         dtype: Weight and activation dtype.
         variant: Weight file variant (``"fp16"`` reads ``*.fp16.safetensors``), or None.
@@ -81,8 +85,8 @@ class BackboneConfig:
     def validate(self) -> None:
         if not isinstance(self.repo_id, str) or not self.repo_id:
             _fail("backbone", "repo_id", self.repo_id, "a Hub repo id or a local folder path")
-        if self.family not in FAMILIES:
-            _fail("backbone", "family", self.family, f"one of {FAMILIES}")
+        if not isinstance(self.family, str) or not self.family:
+            _fail("backbone", "family", self.family, "the name of a registered backbone family")
         if self.dtype not in DTYPES:
             _fail("backbone", "dtype", self.dtype, f"one of {DTYPES}")
 
@@ -215,6 +219,46 @@ class PreprocessConfig:
 
 
 @dataclass
+class HeadConfig:
+    """The task head: ``{"type": <registered head>, **that head's __init__ arguments}``.
+
+    Serialised flat (``{"type": "linear", "pool": 2}``). The arguments are checked against the
+    head's signature when it is built (``diffperception.heads.build_head``), with an error naming
+    the key, the value and the allowed ones.
+
+    Attributes:
+        type: A registered head name (``diffperception.heads.list_heads()``).
+        kwargs: The head's keyword arguments (JSON values).
+    """
+
+    type: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: "dict[str, Any] | HeadConfig") -> "HeadConfig":
+        if isinstance(data, HeadConfig):
+            return data
+        if not isinstance(data, dict) or "type" not in data:
+            raise ValueError(f"config['head'] = {data!r} is invalid: a JSON object with a 'type' "
+                             "key naming a registered head (see diffperception.list_heads()).")
+        data = dict(data)
+        out = cls(type=data.pop("type"), kwargs=data)
+        out.validate()
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **self.kwargs}
+
+    def validate(self) -> None:
+        if not isinstance(self.type, str) or not self.type:
+            _fail("head", "type", self.type, "the name of a registered head (list_heads())")
+        try:
+            json.dumps(self.kwargs)
+        except TypeError:
+            _fail("head", "kwargs", self.kwargs, "JSON values only")
+
+
+@dataclass
 class TaskConfig:
     """The whole ``config.json`` of a task model."""
 
@@ -222,7 +266,7 @@ class TaskConfig:
     backbone: BackboneConfig
     features: FeaturesConfig
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    head: dict[str, Any] | None = None
+    head: HeadConfig | None = None
     labels: list[str] | None = None
     diffperception_version: str | None = None
     config_format: int = CONFIG_FORMAT_VERSION
@@ -249,13 +293,17 @@ class TaskConfig:
             raise ValueError("config is missing required key 'features'.")
         features = FeaturesConfig.from_dict(data.pop("features"))
         preprocess = _from_dict(PreprocessConfig, "preprocess", data.pop("preprocess", None))
+        head = data.pop("head", None)
+        head = HeadConfig.from_dict(head) if head is not None else None
         out = _from_dict(cls, "", {**data, "backbone": backbone, "features": features,
-                                   "preprocess": preprocess})
+                                   "preprocess": preprocess, "head": head})
         out.validate()
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["head"] = self.head.to_dict() if self.head is not None else None
+        return data
 
     def validate(self) -> None:
         if not isinstance(self.architecture, str) or not self.architecture:
@@ -263,9 +311,10 @@ class TaskConfig:
         self.backbone.validate()
         self.features.validate()
         self.preprocess.validate()
-        if self.backbone.family == "pixel" and self.features.prompt.kind != "null":
-            _fail("features.prompt", "kind", self.features.prompt.kind,
-                  "a text-free ('pixel') backbone takes no prompt; use kind 'null'")
+        if self.head is not None:
+            if not isinstance(self.head, HeadConfig):
+                _fail("", "head", self.head, "a HeadConfig (or its dict) or null")
+            self.head.validate()
         if self.labels is not None and not (
             isinstance(self.labels, list) and all(isinstance(x, str) for x in self.labels)
         ):

@@ -176,7 +176,8 @@ def test_per_image_prompts_match_pipeline(tiny_repos, reference_pipes):
                                    eps[:, i:i + 1], [100], prompt=p)["up_blocks.1"]
                 for i, p in enumerate(prompts)]
     assert (ours - torch.cat(refs)).abs().max() <= TOL
-    assert any(k.startswith("text_encoder.") and "token_embedding" in k for k in model.state_dict())
+    assert any(k.startswith("backbone.prompt.text_encoder.") and "token_embedding" in k
+               for k in model.state_dict())
 
 
 def test_fixed_noise_is_deterministic_and_seeded(tiny_repos):

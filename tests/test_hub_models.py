@@ -78,7 +78,7 @@ def test_save_load_round_trip(tiny_repos, tmp_path, kind, prompt, taps):
         tiny_repos[kind], taps=taps, prompt=prompt, ensemble=2)
     if isinstance(prompt, Learnable):  # a trained prompt must come back, not its initialisation
         with torch.no_grad():
-            model.prompt_embedding.add_(0.5 * torch.randn_like(model.prompt_embedding))
+            model.backbone.prompt.embedding.add_(0.5 * torch.randn_like(model.backbone.prompt.embedding))
     model.save_pretrained(tmp_path / "m")
     names = {p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert {"config.json", "model.safetensors", "README.md", "backbone/unet/config.json"} <= names
@@ -93,7 +93,7 @@ def test_save_load_round_trip(tiny_repos, tmp_path, kind, prompt, taps):
     with torch.no_grad():
         _assert_same(model(_images(size), **kwargs), loaded(_images(size), **kwargs))
     if isinstance(prompt, list):  # the text encoder is saved: its keys are in the file
-        assert any(k.startswith("text_encoder.") for k in _keys(tmp_path / "m"))
+        assert any(k.startswith("backbone.prompt.text_encoder.") for k in _keys(tmp_path / "m"))
 
 
 def test_saved_trunk_is_smaller_than_full_unet_and_has_no_unreached_key(tiny_repos, tmp_path):
@@ -105,10 +105,12 @@ def test_saved_trunk_is_smaller_than_full_unet_and_has_no_unreached_key(tiny_rep
     full = set(load_file(str(unet_file)))
     reached = ("conv_in.", "time_embedding.", "down_blocks.", "mid_block.", "up_blocks.0.", "up_blocks.1.")
     keys = _keys(tmp_path / "m")
-    assert {k[len("unet."):] for k in keys if k.startswith("unet.")} == {
+    assert {k[len("backbone.unet."):] for k in keys if k.startswith("backbone.unet.")} == {
         k for k in full if k.startswith(reached)}
-    assert not [k for k in keys if k.startswith(("unet.up_blocks.2", "unet.conv_out", "vae.decoder"))]
-    assert {k.split(".")[0] for k in keys} == {"unet", "vae", "text_context"}
+    assert not [k for k in keys if k.startswith(("backbone.unet.up_blocks.2", "backbone.unet.conv_out",
+                                                 "backbone.vae.decoder"))]
+    assert {".".join(k.split(".")[:2]) for k in keys} == {"backbone.unet", "backbone.vae",
+                                                           "backbone.prompt"}
 
 
 def test_sharded_save_round_trips_and_replaces_old_shards(sd2_model, tmp_path):
@@ -134,10 +136,11 @@ def _broken_copy(saved: Path, tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda t: t.pop("unet.conv_in.weight"), r"missing tensor\(s\): unet\.conv_in\.weight"),
+    (lambda t: t.pop("backbone.unet.conv_in.weight"),
+     r"missing tensor\(s\): backbone\.unet\.conv_in\.weight"),
     (lambda t: t.update({"head.extra": torch.zeros(3)}), r"unexpected tensor\(s\): head\.extra"),
-    (lambda t: t.update({"unet.conv_in.bias": torch.zeros(5)}),
-     r"mis-shaped tensor\(s\): unet\.conv_in\.bias \(file \(5,\), model \(32,\)\)"),
+    (lambda t: t.update({"backbone.unet.conv_in.bias": torch.zeros(5)}),
+     r"mis-shaped tensor\(s\): backbone\.unet\.conv_in\.bias \(file \(5,\), model \(32,\)\)"),
 ])
 def test_strict_loading_names_the_bad_key(saved_sd2, tmp_path, edit, message):
     folder = _broken_copy(saved_sd2, tmp_path, edit)
@@ -277,7 +280,7 @@ def test_unbundled_model_reloads_base_at_pinned_revision(local_hub, tiny_repos, 
     assert model.config.backbone.revision == base_sha
     expected = _outputs(model, _images())
     model.save_pretrained(tmp_path / "head-only", bundle_trunk=False)
-    assert _keys(tmp_path / "head-only") == {"text_context"}
+    assert _keys(tmp_path / "head-only") == {"backbone.prompt.context"}
     assert not (tmp_path / "head-only" / "backbone").exists()
     assert json.loads((tmp_path / "head-only" / "config.json").read_text())["backbone"]["revision"] == base_sha
     assert _front_matter((tmp_path / "head-only" / "README.md").read_text())["base_model"] == base

@@ -9,12 +9,17 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
 from diffperception import DiffusionPerceptionForFeatureExtraction, list_taps
-from diffperception.features.taps import adm_block_paths, resolve_taps
-from diffperception.features.trunk import plan_cut
+from diffperception.backbones.sd import StableDiffusionFamily
+from diffperception.backbones.unet import adm_block_paths
+from diffperception.features.taps import resolve_taps
+
+
+def plan_cut(network, taps):
+    return StableDiffusionFamily.plan_cut(network, [(t.path, t.kind) for t in taps])
 
 
 def _unet_keys(model) -> set[str]:
-    return {k[len("unet."):] for k in model.state_dict() if k.startswith("unet.")}
+    return {k[len("backbone.unet."):] for k in model.state_dict() if k.startswith("backbone.unet.")}
 
 
 def _full_unet(folder, kind):
@@ -48,11 +53,11 @@ def test_unreached_modules_are_not_held(tiny_repos, kind, tap, absent, present):
         assert key in keys
     full = _full_unet(tiny_repos[kind], kind)
     assert keys < set(full.state_dict())  # a strict subset, with diffusers' own names
-    kept = sum(p.numel() for p in model.unet.parameters())
+    kept = sum(p.numel() for p in model.backbone.unet.parameters())
     assert kept < sum(p.numel() for p in full.parameters())
     # every kept tensor is the checkpoint's own value
     ref = full.state_dict()
-    assert all(torch.equal(v, ref[k]) for k, v in model.unet.state_dict().items())
+    assert all(torch.equal(v, ref[k]) for k, v in model.backbone.unet.state_dict().items())
 
 
 def test_last_up_block_keeps_everything_up_to_it(tiny_repos):
@@ -64,8 +69,9 @@ def test_last_up_block_keeps_everything_up_to_it(tiny_repos):
 
 def test_vae_decoder_is_never_held(tiny_repos):
     model = DiffusionPerceptionForFeatureExtraction.from_diffusers(tiny_repos["sd2"], taps=["mid_block"])
-    vae_keys = [k for k in model.state_dict() if k.startswith("vae.")]
-    assert vae_keys and all(k.startswith(("vae.encoder.", "vae.quant_conv.")) for k in vae_keys)
+    vae_keys = [k for k in model.state_dict() if k.startswith("backbone.vae.")]
+    assert vae_keys and all(k.startswith(("backbone.vae.encoder.", "backbone.vae.quant_conv."))
+                            for k in vae_keys)
 
 
 def test_plan_keeps_attention_only_when_needed(tiny_repos):

@@ -313,3 +313,52 @@ def load_alphas_cumprod(folder: Path) -> tuple[torch.Tensor, dict[str, Any]]:
                      "trained_betas", "rescale_betas_zero_snr")}
     scheduler = DDPMScheduler.from_config(keep)
     return scheduler.alphas_cumprod.to(torch.float64), config
+
+
+def find_component_weights(folder: Path, variant: str | None = None) -> list[Path]:
+    """The safetensors files (single or sharded) of one diffusers component folder."""
+    return _weight_files(folder, "diffusion_pytorch_model", variant)
+
+
+def load_text_stack(folder: Path, index: dict[str, Any], dtype: torch.dtype, *,
+                    load_weights: bool = True) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """The text encoder(s) and tokenizer(s) named in ``model_index.json``.
+
+    Args:
+        folder: The diffusers folder.
+        index: Its ``model_index.json``.
+        dtype: Weight dtype.
+        load_weights: False builds the encoders on the meta device from their configs (their
+            weights then come from a saved task model).
+
+    Returns:
+        ``({slot: encoder}, {slot: tokenizer})`` keyed ``text_encoder`` / ``text_encoder_2``.
+
+    Raises:
+        ValueError: A text encoder class outside the allow-list.
+        FileNotFoundError: No text encoder in ``model_index.json``.
+    """
+    import transformers
+    from accelerate import init_empty_weights
+
+    encoders, tokenizers = {}, {}
+    for enc_name, tok_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+        entry = index.get(enc_name)
+        if not entry or entry[1] is None:
+            continue
+        if load_weights:
+            encoders[enc_name] = load_text_encoder(folder, enc_name, entry[1], dtype)
+        else:
+            if entry[1] not in _TEXT_CLASSES:
+                raise ValueError(f"{folder / enc_name} holds a {entry[1]}; supported text "
+                                 f"encoders: {_TEXT_CLASSES}.")
+            cls = getattr(transformers, entry[1])
+            with init_empty_weights():
+                encoder = cls(cls.config_class.from_pretrained(str(folder / enc_name)))
+            encoders[enc_name] = encoder.to(dtype).eval().requires_grad_(False)
+        tokenizers[enc_name] = load_tokenizer(folder, tok_name)
+    if not encoders:
+        raise FileNotFoundError(
+            f"{folder} has no text_encoder in model_index.json, but the prompt needs one."
+        )
+    return encoders, tokenizers

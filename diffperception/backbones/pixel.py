@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import register_family
+from .base import register_family
+from .unet import UNetFamily
 
 __all__ = ["PixelFamily"]
 
 
 @register_family("pixel")
-class PixelFamily:
+class PixelFamily(UNetFamily):
     """``UNet2DModel`` on pixels: no VAE, no text, no added conditions."""
 
-    unet_class = "UNet2DModel"
+    network_classes = ("UNet2DModel",)
     text_conditioned = False
 
-    @staticmethod
-    def check_unet_config(config: dict[str, Any]) -> None:
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
         """Rejects ``UNet2DModel`` variants whose forward the trunk does not reproduce."""
         if config.get("time_embedding_type", "positional") != "positional":
             raise ValueError(

@@ -8,29 +8,28 @@ encoders and adds the pooled projection of the second and the ``time_ids`` micro
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import register_family
-from .loading import load_text_encoder, load_tokenizer
+from .base import register_family
+from .unet import UNetFamily
 
 __all__ = ["StableDiffusionFamily"]
 
-_TEXT_SLOTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
-
 
 @register_family("sd")
-class StableDiffusionFamily:
+class StableDiffusionFamily(UNetFamily):
     """Text-conditioned ``UNet2DConditionModel`` backbones."""
 
-    unet_class = "UNet2DConditionModel"
+    network_classes = ("UNet2DConditionModel",)
     text_conditioned = True
 
-    @staticmethod
-    def check_unet_config(config: dict[str, Any]) -> None:
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
         """Rejects U-Net variants that need inputs a perception model does not have."""
         if config.get("num_class_embeds") or config.get("class_embed_type"):
             raise ValueError("Class-conditional UNet2DConditionModel is not supported.")
@@ -45,34 +44,32 @@ class StableDiffusionFamily:
 
     @staticmethod
     def is_sdxl(config: dict[str, Any]) -> bool:
+        """Whether the U-Net takes SDXL's added conditions (``text_time``)."""
         return config.get("addition_embed_type") == "text_time"
 
-    @staticmethod
-    def load_text_stack(folder: Path, index: dict[str, Any], dtype: torch.dtype
-                        ) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-        """Loads the text encoder(s) and tokenizer(s) named in ``model_index.json``."""
-        encoders, tokenizers = {}, {}
-        for enc_name, tok_name in _TEXT_SLOTS:
-            entry = index.get(enc_name)
-            if not entry or entry[1] is None:
-                continue
-            encoders[enc_name] = load_text_encoder(folder, enc_name, entry[1], dtype)
-            tokenizers[enc_name] = load_tokenizer(folder, tok_name)
-        if not encoders:
-            raise FileNotFoundError(
-                f"{folder} has no text_encoder in model_index.json, but the prompt needs one."
-            )
-        return encoders, tokenizers
+    @classmethod
+    def context_shape(cls, folder: Path, config: dict[str, Any]
+                      ) -> tuple[tuple[int, int], int | None]:
+        """``((L, D), P)``: tokenizer length x cross-attention width, SDXL pooled width or None."""
+        tok = Path(folder) / "tokenizer" / "tokenizer_config.json"
+        length = int(json.loads(tok.read_text()).get("model_max_length", 77)) if tok.is_file() else 77
+        pooled = None
+        if cls.is_sdxl(config):
+            pooled = (int(config["projection_class_embeddings_input_dim"])
+                      - 6 * int(config["addition_time_embed_dim"]))
+        return (length, int(config["cross_attention_dim"])), pooled
 
-    @staticmethod
+    @classmethod
     @torch.no_grad()
-    def encode(texts: list[str], encoders: dict[str, nn.Module], tokenizers: dict[str, Any],
-               sdxl: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_prompt(cls, texts: list[str], encoders: dict[str, nn.Module],
+                      tokenizers: dict[str, Any], config: dict[str, Any]
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encodes prompts as the diffusers pipelines do.
 
         Returns:
             ``(context (B, L, D), pooled (B, P) or None)``.
         """
+        sdxl = cls.is_sdxl(config)
         contexts, pooled = [], None
         for name, encoder in encoders.items():
             tok = tokenizers[name]
@@ -86,9 +83,19 @@ class StableDiffusionFamily:
                 contexts.append(encoder(ids)[0])
         return torch.cat(contexts, dim=-1), pooled
 
-    @staticmethod
-    def added_conditions(pooled: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
+    @classmethod
+    def added_conditions(cls, pooled: torch.Tensor | None, height: int, width: int,
+                         config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """SDXL micro-conditions for an un-cropped image of ``height`` x ``width`` pixels."""
+        if not cls.is_sdxl(config):
+            return None
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=pooled.dtype,
                                 device=pooled.device)
         return {"text_embeds": pooled, "time_ids": time_ids.expand(pooled.shape[0], -1)}
+
+    @classmethod
+    def added_conditions_like(cls, pooled_dim, latent_hw, device):
+        if pooled_dim is None:
+            return None
+        return {"text_embeds": torch.empty(1, pooled_dim, device=device),
+                "time_ids": torch.empty(1, 6, device=device)}

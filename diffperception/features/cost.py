@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -88,85 +87,50 @@ class TrunkCost:
                 + self.inversion_forwards * self.unet_flops)
 
 
-def native_size(unet_config: dict[str, Any], vae_factor: int) -> tuple[int, int]:
-    """The image size the U-Net was trained at (``sample_size`` times the VAE factor)."""
-    sample = unet_config.get("sample_size") or 64
-    h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    return int(h) * vae_factor, int(w) * vae_factor
-
-
-def _meta_inputs(unet_config: dict[str, Any], latent_hw: tuple[int, int], context_len: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
-    meta = torch.device("meta")
-    sample = torch.empty(1, int(unet_config.get("in_channels", 4)), *latent_hw, device=meta)
-    timesteps = torch.zeros(1, dtype=torch.long, device=meta)
-    if "cross_attention_dim" not in unet_config:  # text-free UNet2DModel
-        return sample, timesteps, None, None
-    context = torch.empty(1, context_len, int(unet_config["cross_attention_dim"]), device=meta)
-    added = None
-    if unet_config.get("addition_embed_type") == "text_time":
-        time_dim = int(unet_config["addition_time_embed_dim"])
-        pooled = int(unet_config["projection_class_embeddings_input_dim"]) - 6 * time_dim
-        added = {"text_embeds": torch.empty(1, pooled, device=meta),
-                 "time_ids": torch.empty(1, 6, device=meta)}
-    return sample, timesteps, context, added
-
-
-def _context_length(folder) -> int:
-    config = folder / "tokenizer" / "tokenizer_config.json"
-    if config.is_file():
-        return int(json.loads(config.read_text()).get("model_max_length", 77))
-    return 77
-
-
 def trunk_cost(model: nn.Module, size: tuple[int, int] | None = None) -> TrunkCost:
-    """Counts the parameters and FLOPs of a task model's trunk against the full U-Net.
+    """Counts the parameters and FLOPs of a backbone's trunk against the full network.
 
     Args:
-        model: A task model (has ``config``, ``source``, ``unet``, ``vae``).
-        size: ``(H, W)`` of the image; default ``config.preprocess.size`` or the native size.
+        model: A ``DiffusionBackbone`` or a task model (its ``backbone`` is counted).
+        size: ``(H, W)`` of the image in pixels; default ``preprocess.size`` or the native size.
 
     Returns:
         The counts, for batch 1.
     """
-    import diffusers
     from accelerate import init_empty_weights
 
-    from ..backbones.components import build_parts
-    from .trunk import Trunk
+    from .backbone import DiffusionBackbone
 
-    config, folder = model.config, model.source.folder
-    parts = build_parts(model.source, config.features, load_weights=False)  # meta, pruned
-    vae_factor = parts.vae.downsample_factor if parts.vae is not None else 1
+    real = getattr(model, "backbone", model)
+    meta = DiffusionBackbone(real.backbone_config, real.features, real.preprocess,
+                             source=real.source, load_weights=False)  # pruned, no weights read
+    family, config = meta.family, meta.network_config
     if size is None:
-        size = tuple(config.preprocess.size) if config.preprocess.size else native_size(
-            parts.unet_config, vae_factor)
-    latent_hw = (size[0] // vae_factor, size[1] // vae_factor)
-    sample, timesteps, context, added = _meta_inputs(parts.unet_config, latent_hw,
-                                                     _context_length(folder))
+        size = tuple(meta.preprocess.size) if meta.preprocess.size else meta.native_size
+    latent_hw = (size[0] // meta.vae_factor, size[1] // meta.vae_factor)
+    context_shape, pooled = family.context_shape(meta.source.folder, config)
+    sample, timesteps, context, added = family.meta_inputs(config, latent_hw, context_shape, pooled)
     with init_empty_weights():
-        full = getattr(diffusers, parts.unet_config["_class_name"]).from_config(parts.unet_config)
-    trunk = Trunk(parts.unet, parts.taps, parts.plan,
-                  num_up_blocks=len(parts.unet_config.get("up_block_types", ())))
+        full = family.build_network(config)
     if context is None:
         full_flops = count_flops(full, sample, timesteps)
     else:
         full_flops = count_flops(full, sample, timesteps, encoder_hidden_states=context,
                                  added_cond_kwargs=added)
     vae_flops = 0
-    if parts.vae is not None:
-        image = torch.empty(1, 3, *size, device="meta")
-        vae_flops = count_flops(parts.vae, image)
-    text = [getattr(model, name, None) for name in ("text_encoder", "text_encoder_2")]
-    noise = config.features.noise
+    if meta.vae is not None:
+        vae_flops = count_flops(meta.vae, torch.empty(1, 3, *size, device="meta"))
+    text = [getattr(real.prompt, name, None) for name in ("text_encoder", "text_encoder_2")]
+    noise = meta.features.noise
     steps = noise.inversion_steps if noise.kind == "ddim_inversion" else 0
     return TrunkCost(
         size=(int(size[0]), int(size[1])),
-        forwards_per_image=len(config.features.timesteps) * noise.ensemble,
-        inversion_forwards=len(config.features.timesteps) * steps,
-        unet_params=count_parameters(full), trunk_params=count_parameters(parts.unet),
-        vae_encoder_params=count_parameters(parts.vae),
+        forwards_per_image=len(meta.features.timesteps) * noise.ensemble,
+        inversion_forwards=len(meta.features.timesteps) * steps,
+        unet_params=count_parameters(full), trunk_params=count_parameters(meta.network),
+        vae_encoder_params=count_parameters(meta.vae),
         text_encoder_params=sum(count_parameters(m) for m in text),
-        unet_flops=full_flops, trunk_flops=count_flops(trunk, sample, timesteps, context, added),
+        unet_flops=full_flops,
+        trunk_flops=count_flops(meta.trunk, sample, timesteps, context, added),
         vae_encoder_flops=vae_flops,
     )

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["fixed_noise", "add_noise", "check_noise", "ddim_invert", "flatten_batch"]
+__all__ = ["fixed_noise", "add_noise", "check_noise", "ddim_invert", "flatten_batch", "reduce_draws"]
 
 
 def fixed_noise(seed: int, num_timesteps: int, ensemble: int, latent_shape: tuple[int, ...],
@@ -60,6 +60,13 @@ def add_noise(latent: torch.Tensor, noise: torch.Tensor, alphas: torch.Tensor) -
 def flatten_batch(x: torch.Tensor) -> torch.Tensor:
     """``(T, E, B, ...)`` -> ``(T*E*B, ...)``."""
     return x.reshape(-1, *x.shape[3:])
+
+
+def reduce_draws(x: torch.Tensor, num_timesteps: int, ensemble: int, batch: int) -> torch.Tensor:
+    """``(T*E*B, ...)`` -> mean over the E noise draws: ``(B, ...)`` for one timestep, else
+    ``(B, T, ...)``."""
+    x = x.reshape(num_timesteps, ensemble, batch, *x.shape[1:]).mean(dim=1)  # (T, B, ...)
+    return x[0] if num_timesteps == 1 else x.transpose(0, 1)
 
 
 @torch.no_grad()

@@ -1,17 +1,23 @@
-"""The trunk: the part of a diffusers U-Net that a set of taps needs, and its execution.
+"""The trunk driver: runs the part of a diffusion network a set of taps needs and captures them.
 
-Planning (``plan_cut``) finds the last unit in execution order (down -> mid -> up) that a tap
-needs; pruning (``prune_unet``) removes everything after it from the module tree before any weight
-is loaded; ``Trunk.forward`` runs the diffusers blocks in the order of the diffusers forward and
-returns as soon as the last needed block has run. Inside the last block only the resnet /
-attention pairs up to the last needed one are kept (an attention after the last needed resnet is
-replaced by ``SkippedModule``). Activations are captured with forward hooks, exactly as a hook on
-the full diffusers model would capture them.
+The family (``backbones/``) owns everything that depends on the architecture: the cut plan, the
+pruning, the time embedding and the order in which blocks run. The driver here is
+family-agnostic: it registers capture hooks on the tapped modules (exactly what a hook on the full
+diffusers model captures), asks the family to run up to the plan, and returns ``{tap: tensor}``.
+
+Two capabilities the methods need:
+
+- **additive injections**: ``trunk(..., injections={module path: tensor})`` adds a tensor to a
+  module's output while the trunk runs, so later modules and skip connections see the sum (a
+  down block's last residual is the block's output, and it is replaced too);
+- **stop early for a subset**: ``trunk(..., taps=[...])`` captures only those taps and stops
+  after the last unit they need, which is what a second pass through a longer trunk needs
+  (``DiffusionBackbone.forward_two_pass``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -19,116 +25,10 @@ from torch import nn
 from .attention import AttentionProbs, install_processor
 from .taps import Tap
 
-__all__ = ["CutPlan", "plan_cut", "prune_unet", "Trunk", "SkippedModule"]
-
-_STAGES = ("conv_in", "down", "mid", "up", "out")
+__all__ = ["Trunk", "first_tensor"]
 
 
-@dataclass(frozen=True)
-class CutPlan:
-    """Where execution stops.
-
-    Attributes:
-        stage: One of ``conv_in``, ``down``, ``mid``, ``up``, ``out`` (the full network).
-        block: Index of the last block run in ``down`` / ``up`` stages.
-        pairs: Resnet (/attention) pairs kept in that block.
-        keep_attn: Whether the attention of the last kept pair runs.
-        keep_sampler: Whether the block's down/upsampler runs.
-    """
-
-    stage: str
-    block: int = -1
-    pairs: int = 0
-    keep_attn: bool = True
-    keep_sampler: bool = True
-
-
-class SkippedModule(nn.Module):
-    """Stands in for an attention whose output no tap needs: returns its input unchanged."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, return_dict: bool = True, **kwargs):
-        return hidden_states if return_dict else (hidden_states,)
-
-
-def _unit_need(parts: list[str], kind: str, block: nn.Module) -> tuple[int, bool, bool]:
-    """(pairs, attention of last pair, sampler) a tap inside one block needs."""
-    n_pairs = len(block.resnets)
-    if not parts:  # the block itself
-        return (0, False, False) if kind == "in" else (n_pairs, True, True)
-    if parts[0] == "resnets":
-        return int(parts[1]) + 1, False, False
-    if parts[0] == "attentions":
-        return int(parts[1]) + 1, True, False
-    return n_pairs, True, True  # downsamplers / upsamplers / anything after the pairs
-
-
-def _position(tap: Tap, unet: nn.Module) -> tuple:
-    parts = tap.path.split(".")
-    head = parts[0]
-    if head in ("down_blocks", "up_blocks"):
-        index = int(parts[1])
-        block = getattr(unet, head)[index]
-        stage = "down" if head == "down_blocks" else "up"
-        return (_STAGES.index(stage), index) + _unit_need(parts[2:], tap.kind, block)
-    if head == "mid_block":
-        return (_STAGES.index("mid"), 0, 0, True, True)
-    if head in ("conv_norm_out", "conv_act", "conv_out"):
-        return (_STAGES.index("out"), 0, 0, True, True)
-    return (_STAGES.index("conv_in"), 0, 0, True, True)  # conv_in and the embeddings
-
-
-def plan_cut(unet: nn.Module, taps: list[Tap], *, full: bool = False) -> CutPlan:
-    """Plans the cut after the last unit the taps need (``full`` keeps the whole network)."""
-    if full:
-        return CutPlan(stage="out")
-    positions = [_position(t, unet) for t in taps]
-    stage_idx, block = max((p[0], p[1]) for p in positions)
-    stage = _STAGES[stage_idx]
-    if stage not in ("down", "up"):
-        return CutPlan(stage=stage)
-    same = [p for p in positions if (p[0], p[1]) == (stage_idx, block)]
-    pairs = max(p[2] for p in same)
-    keep_attn = any(p[3] for p in same if p[2] == pairs)
-    keep_sampler = any(p[4] for p in same)
-    return CutPlan(stage=stage, block=block, pairs=pairs, keep_attn=keep_attn,
-                   keep_sampler=keep_sampler)
-
-
-def _truncate_block(block: nn.Module, plan: CutPlan, sampler_attr: str) -> None:
-    block.resnets = nn.ModuleList(list(block.resnets)[: plan.pairs])
-    attentions = getattr(block, "attentions", None)
-    if attentions is not None:
-        kept = list(attentions)[: plan.pairs]
-        if kept and not plan.keep_attn:
-            kept[-1] = SkippedModule()
-        block.attentions = nn.ModuleList(kept)
-    if not plan.keep_sampler and getattr(block, sampler_attr, None) is not None:
-        setattr(block, sampler_attr, None)
-
-
-def prune_unet(unet: nn.Module, plan: CutPlan) -> None:
-    """Removes every module the plan never reaches (in place; works on the meta device)."""
-    if plan.stage == "out":
-        return
-    for name in ("conv_norm_out", "conv_act", "conv_out"):
-        if hasattr(unet, name):
-            setattr(unet, name, None)
-    if plan.stage == "up":
-        unet.up_blocks = nn.ModuleList(list(unet.up_blocks)[: plan.block + 1])
-        _truncate_block(unet.up_blocks[plan.block], plan, "upsamplers")
-        return
-    unet.up_blocks = nn.ModuleList()
-    if plan.stage == "mid":
-        return
-    unet.mid_block = None
-    if plan.stage == "down":
-        unet.down_blocks = nn.ModuleList(list(unet.down_blocks)[: plan.block + 1])
-        _truncate_block(unet.down_blocks[plan.block], plan, "downsamplers")
-    else:
-        unet.down_blocks = nn.ModuleList()
-
-
-def _first(value):
+def first_tensor(value):
     """The tensor a tap reports for a module output or input (first element of tuples)."""
     if isinstance(value, (tuple, list)):
         return value[0]
@@ -157,38 +57,55 @@ class _CaptureHook:
             value = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         else:
             value = rest[-1]
-        self.trunk._store[self.name] = _first(value)
+        self.trunk._store[self.name] = first_tensor(value)
+
+
+class _InjectHook:
+    """Forward hook adding ``delta`` to a module's output (and to a block's last residual)."""
+
+    def __init__(self, delta: torch.Tensor) -> None:
+        self.delta = delta
+
+    def __call__(self, module, args, output):
+        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], tuple):
+            hidden, residuals = output  # a down block: (hidden, residuals ending with hidden)
+            new = hidden + self.delta
+            if residuals and residuals[-1] is hidden:
+                residuals = residuals[:-1] + (new,)
+            return new, residuals
+        if isinstance(output, tuple):
+            return (output[0] + self.delta,) + tuple(output[1:])
+        return output + self.delta
 
 
 class Trunk(nn.Module):
-    """Runs a pruned diffusers U-Net and returns ``{tap name: activation}``.
+    """Runs a pruned diffusers network and returns ``{tap name: activation}``.
 
-    The trunk drives the U-Net but does not own it: the task model registers the U-Net, so its
-    parameters appear once, under ``unet.``.
+    The trunk drives the network but does not own it: the backbone registers the network, so its
+    parameters appear once, under ``backbone.<component>.``.
 
     Args:
-        unet: A ``UNet2DConditionModel`` or ``UNet2DModel`` already pruned with ``prune_unet``.
+        network: The diffusers network already pruned with ``family.prune(network, plan)``.
+        family: The backbone family (``diffperception.backbones.get_family(name)``).
         taps: Resolved taps (all inside the kept modules).
-        plan: The cut plan ``unet`` was pruned with.
-        num_up_blocks: Number of up blocks of the unpruned network (for diffusers' odd-size logic).
+        plan: The cut plan ``network`` was pruned with.
     """
 
-    def __init__(self, unet: nn.Module, taps: list[Tap], plan: CutPlan, num_up_blocks: int) -> None:
+    def __init__(self, network: nn.Module, family: type, taps: Sequence[Tap], plan: Any) -> None:
         super().__init__()
-        # Not registered as a child: the task model owns the U-Net (its keys read ``unet.*``).
-        object.__setattr__(self, "unet", unet)
+        object.__setattr__(self, "network", network)  # owned by the backbone, not the trunk
+        self.family = family
         self.taps = list(taps)
         self.plan = plan
-        self.num_up_blocks = num_up_blocks
-        self.conditional = hasattr(unet, "get_time_embed")
-        # Set by specialisation: the timesteps baked into the resnets' time projections.
+        # Set by specialisation: the number of timesteps baked into the time projections.
         self.frozen_timesteps: int | None = None
         self._store: dict[str, torch.Tensor] = {}
         self._handles: list = []
+        self._sub_plans: dict[tuple[str, ...], Any] = {}
         self.attach_taps()
 
     def detach_taps(self) -> None:
-        """Removes the capture hooks (e.g. before copying the U-Net)."""
+        """Removes the capture hooks (e.g. before copying the network)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -196,7 +113,7 @@ class Trunk(nn.Module):
     def attach_taps(self) -> None:
         """(Re-)registers the capture hooks on the current modules."""
         self.detach_taps()
-        modules = dict(self.unet.named_modules())
+        modules = dict(self.network.named_modules())
         for tap in self.taps:
             module = modules[tap.path]
             if tap.kind == "attn":
@@ -210,90 +127,73 @@ class Trunk(nn.Module):
             else:
                 self._handles.append(module.register_forward_hook(hook))
 
-    def embed(self, sample: torch.Tensor, timesteps: torch.Tensor,
+    def embed(self, sample: torch.Tensor, timesteps: torch.Tensor | None,
               context: torch.Tensor | None, added: dict | None) -> torch.Tensor:
-        """The time (and SDXL added-condition) embedding ``emb`` the resnets take, ``(N, D)``."""
-        unet = self.unet
+        """The time (and added-condition) embedding the blocks take, ``(N, D)``."""
         if self.frozen_timesteps is not None:
-            # The resnets' time projections are constants; they only read the batch size.
+            # The time projections are constants; they only read the batch size.
             return sample.new_zeros(sample.shape[0], 1)
-        if not self.conditional:
-            t_emb = unet.time_proj(timesteps).to(dtype=sample.dtype)
-            return unet.time_embedding(t_emb)
-        t_emb = unet.get_time_embed(sample=sample, timestep=timesteps)
-        emb = unet.time_embedding(t_emb, None)
-        aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=context,
-                                 added_cond_kwargs=added or {})
-        if aug is not None:
-            emb = emb + aug
-        if unet.time_embed_act is not None:
-            emb = unet.time_embed_act(emb)
-        return emb
+        return self.family.embed(self.network, sample, timesteps, context, added)
 
-    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor,
-                context: torch.Tensor | None = None,
-                added: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Runs the kept part of the U-Net.
+    def _taps_and_plan(self, names: Sequence[str] | None) -> tuple[list[Tap], Any]:
+        if names is None:
+            return self.taps, self.plan
+        by_name = {tap.name: tap for tap in self.taps}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(f"Taps {unknown} are not among this trunk's taps "
+                             f"{list(by_name)}; build the backbone with them.")
+        key = tuple(names)
+        if key not in self._sub_plans:
+            pairs = [(by_name[n].path, by_name[n].kind) for n in names]
+            self._sub_plans[key] = self.family.plan_cut(self.network, pairs)
+        return [by_name[n] for n in names], self._sub_plans[key]
+
+    def _injection_handles(self, injections: dict[str, torch.Tensor] | None) -> list:
+        if not injections:
+            return []
+        modules = dict(self.network.named_modules())
+        handles = []
+        for path, delta in injections.items():
+            if path not in modules or not path:
+                raise ValueError(f"Cannot inject at {path!r}: the trunk has no such module (it "
+                                 "may lie after the cut); inject at a module the taps reach.")
+            # prepended: a tap on the same module sees the sum, like every later module
+            handles.append(modules[path].register_forward_hook(_InjectHook(delta), prepend=True))
+        return handles
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor | None,
+                context: torch.Tensor | None = None, added: dict[str, torch.Tensor] | None = None,
+                *, taps: Sequence[str] | None = None,
+                injections: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Runs the kept part of the network.
 
         Args:
             sample: Noisy latent ``(N, C, h, w)``.
-            timesteps: ``(N,)`` integer timesteps.
-            context: Text context ``(N or 1, L, D)`` for conditional U-Nets.
-            added: SDXL added conditions (``text_embeds``, ``time_ids``).
+            timesteps: ``(N,)`` integer timesteps (None once the time is frozen).
+            context: Text context ``(N or 1, L, D)`` for text-conditioned networks.
+            added: Added conditions (SDXL ``text_embeds``, ``time_ids``).
+            taps: Capture only these taps and stop after the last unit they need.
+            injections: ``{module path: tensor}`` added to those modules' outputs; each tensor
+                broadcasts against the output (``(N, C, h, w)`` for a block).
 
         Returns:
-            ``{tap name: tensor}`` in the order of ``self.taps``.
+            ``{tap name: tensor}`` in the order of the taps.
+
+        Raises:
+            ValueError: A tap not built into the trunk, or an injection at a missing module.
         """
+        wanted, plan = self._taps_and_plan(taps)
+        handles = self._injection_handles(injections)
         self._store.clear()
-        unet, plan = self.unet, self.plan
-        if unet.config.center_input_sample:
-            sample = 2 * sample - 1.0
-        emb = self.embed(sample, timesteps, context, added)
-        if self.conditional and context is not None:
-            context = unet.process_encoder_hidden_states(context, added or {})
-        self._run_blocks(sample, emb, context)
-        n = sample.shape[0]
-        # K / V of a batch-1 text context are computed once; report them per sample.
-        out = {tap.name: _per_sample(self._store[tap.name], n) for tap in self.taps}
-        self._store.clear()  # keep no activation (or autograd graph) alive between calls
-        return out
-
-    def _call_block(self, block, sample, emb, context, **kw):
-        if self.conditional and getattr(block, "has_cross_attention", False):
-            return block(hidden_states=sample, temb=emb, encoder_hidden_states=context, **kw)
-        return block(hidden_states=sample, temb=emb, **kw)
-
-    def _run_blocks(self, sample, emb, context) -> None:
-        unet, plan = self.unet, self.plan
-        factor = 2 ** getattr(unet, "num_upsamplers", 0)
-        upsample_by_size = any(d % factor != 0 for d in sample.shape[-2:])
-        sample = unet.conv_in(sample)
-        if plan.stage == "conv_in":
-            return
-        residuals = (sample,)
-        for block in unet.down_blocks:
-            sample, res = self._call_block(block, sample, emb, context)
-            residuals += res
-        if plan.stage == "down":
-            return
-        if unet.mid_block is not None:
-            if self.conditional and getattr(unet.mid_block, "has_cross_attention", False):
-                sample = unet.mid_block(sample, emb, encoder_hidden_states=context)
-            else:
-                sample = unet.mid_block(sample, emb)
-        if plan.stage == "mid":
-            return
-        for i, block in enumerate(unet.up_blocks):
-            n = len(block.resnets)
-            res, residuals = residuals[len(residuals) - n:], residuals[: len(residuals) - n]
-            kw = {"res_hidden_states_tuple": res}
-            if self.conditional:
-                is_final = i == self.num_up_blocks - 1
-                kw["upsample_size"] = (residuals[-1].shape[2:]
-                                       if upsample_by_size and not is_final and residuals else None)
-            sample = self._call_block(block, sample, emb, context, **kw)
-        if plan.stage == "up":
-            return
-        if unet.conv_norm_out is not None:
-            sample = unet.conv_act(unet.conv_norm_out(sample))
-        unet.conv_out(sample)
+        try:
+            emb = self.embed(sample, timesteps, context, added)
+            context = self.family.prepare_context(self.network, context, added)
+            self.family.run(self.network, plan, sample, emb, context)
+            n = sample.shape[0]
+            # K / V of a batch-1 text context are computed once; report them per sample.
+            return {tap.name: _per_sample(self._store[tap.name], n) for tap in wanted}
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._store.clear()  # keep no activation (or autograd graph) alive between calls

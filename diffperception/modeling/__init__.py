@@ -2,15 +2,20 @@
 
 from .auto import AutoDiffusionPerception
 from .base import DiffusionPerceptionModel
-from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable
+from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable, LearnablePrompt
+from .image_classification import DiffusionPerceptionForImageClassification
+from .outputs import ImageClassifierOutput
 from .presets import list_presets, load_preset
 from .registry import get_model_class, list_models, register_model
 
 __all__ = [
     "AutoDiffusionPerception",
     "DiffusionPerceptionForFeatureExtraction",
+    "DiffusionPerceptionForImageClassification",
     "DiffusionPerceptionModel",
+    "ImageClassifierOutput",
     "Learnable",
+    "LearnablePrompt",
     "get_model_class",
     "list_models",
     "list_presets",

@@ -3,8 +3,9 @@
 What a saved task model folder (or Hub repository) holds::
 
     config.json              the TaskConfig dict; backbone.revision pins the base model's commit
-    model.safetensors        the trunk (unet.*, vae.encoder.* / vae.quant_conv.*, text context or
-                             text_encoder.* when prompts vary) and the head, strictly loaded;
+    model.safetensors        the trunk (backbone.unet.*, backbone.vae.*, the prompt context or
+                             backbone.prompt.text_encoder.* when prompts vary) and the head
+                             (head.*), strictly loaded;
                              sharded (model-0000k-of-0000n.safetensors + index) above 5 GB
     backbone/                the base model's diffusers configs (model_index.json, unet/config.json,
                              vae/config.json, scheduler/, tokenizer*/, text_encoder*/config.json),
@@ -18,6 +19,7 @@ context) and loading reads the trunk from the base repo at the pinned revision.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -30,12 +32,13 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ..backbones.loading import ModelSource, read_tensors, resolve_source
-from ..config import CONFIG_FORMAT_VERSION, TaskConfig
+from ..config import CONFIG_FORMAT_VERSION, HeadConfig, TaskConfig
 from .registry import registered_name
 
 __all__ = [
     "DiffusionPerceptionModel",
-    "TRUNK_PREFIXES",
+    "SpecializedTaskModel",
+    "migrate_format1_key",
     "BACKBONE_DIR",
     "WEIGHTS_NAME",
     "resolve_model_folder",
@@ -49,8 +52,12 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 CARD_NAME = "README.md"
 BACKBONE_DIR = "backbone"
 MAX_SHARD_SIZE = "5GB"
-# State-dict prefixes of the modules that come from the base model (left out by bundle_trunk=False).
-TRUNK_PREFIXES = ("unet.", "vae.", "text_encoder.", "text_encoder_2.")
+# config_format 1 wrote the backbone's tensors at the top level; format 2 nests them.
+_FORMAT1_PREFIXES = (("unet.", "backbone.unet."), ("vae.", "backbone.vae."),
+                     ("text_encoder.", "backbone.prompt.text_encoder."),
+                     ("text_encoder_2.", "backbone.prompt.text_encoder_2."))
+_FORMAT1_NAMES = {"text_context": "backbone.prompt.context", "text_pooled": "backbone.prompt.pooled",
+                  "prompt_embedding": "backbone.prompt.embedding"}
 _DOWNLOAD_PATTERNS = [CONFIG_NAME, "model*.safetensors", "model*.safetensors.index.json",
                       CARD_NAME, f"{BACKBONE_DIR}/*"]
 # README.md: the base model's card, kept for its license.
@@ -227,19 +234,125 @@ class DiffusionPerceptionModel(
     library_name="diffperception",
     tags=["diffperception", "diffusion-features"],
 ):
-    """Base of the task models: trunk + head + ``TaskConfig``, shared through the Hub.
+    """Base of the task models: ``self.backbone`` + ``self.head`` + ``TaskConfig``, on the Hub.
 
-    Subclasses register with ``@register_model`` and take ``(config, *, source=None,
-    load_weights=True, **hub_kwargs)``; they own ``config`` (``TaskConfig``), ``source``
-    (``ModelSource`` of the backbone) and register the backbone modules under ``TRUNK_PREFIXES``.
-    The pipeline tag of the model card is given as a class keyword
+    A task model composes a ``DiffusionBackbone`` (built from ``config.backbone``,
+    ``config.features`` and ``config.preprocess``) with a head built from the backbone's
+    ``feature_info`` and ``config.head`` (transformers' UperNet pattern). Subclasses register
+    with ``@register_model``, set ``default_head`` and may supply head arguments
+    (``head_arguments``). The pipeline tag of the model card is a class keyword
     (``class X(DiffusionPerceptionModel, pipeline_tag="image-classification")``).
+
+    The Hub methods are overridden, not inherited from ``PyTorchModelHubMixin``, because a task
+    model needs what the mixin does not do: sharded weights, ``bundle_trunk=False``, strict loading,
+    the ``backbone/`` configs, and key migration of older folders; the mixin still provides the
+    card metadata keywords.
+
+    Args:
+        config: A ``TaskConfig`` (or its dict) with ``architecture`` set to the class's name.
+        source: The resolved diffusers folder; resolved from ``config.backbone`` when None.
+        load_weights: Load the backbone's weights from ``source`` (False builds on the meta
+            device; a saved task model then loads its own weights).
+        **hub_kwargs: ``cache_dir``, ``local_files_only``, ``token`` used to resolve ``source``.
+
+    Raises:
+        ValueError: An invalid config (naming key, value and what is allowed).
+        FileNotFoundError: The base model cannot be found.
     """
 
     config: TaskConfig
-    source: ModelSource
-    #: Keys under these prefixes come from the base model (left out by ``bundle_trunk=False``).
-    trunk_prefixes: ClassVar[tuple[str, ...]] = TRUNK_PREFIXES
+    #: Head used when ``config.head`` is None.
+    default_head: ClassVar[dict[str, Any] | None] = None
+
+    def __init__(self, config: TaskConfig | dict[str, Any], *, source: ModelSource | None = None,
+                 load_weights: bool = True, **hub_kwargs: Any) -> None:
+        super().__init__()
+        from ..features.backbone import DiffusionBackbone
+        from ..heads import build_head
+
+        if isinstance(config, dict):
+            config = TaskConfig.from_dict(config)
+        config.validate()
+        if config.head is None and self.default_head is not None:
+            config.head = HeadConfig.from_dict(self.default_head)
+        if config.head is None:
+            raise ValueError(f"config['head'] is missing: {type(self).__name__} needs a head "
+                             "(see diffperception.list_heads()).")
+        self.config = config
+        self.check_config(config)
+        self.backbone = DiffusionBackbone(config.backbone, config.features, config.preprocess,
+                                          source=source, load_weights=load_weights, **hub_kwargs)
+        self.head = build_head(config.head, self.backbone.feature_info, **self.head_arguments())
+        self.head.eval()
+
+    def check_config(self, config: TaskConfig) -> None:
+        """Task-specific config checks (raise ValueError); the base checks nothing more."""
+
+    def head_arguments(self) -> dict[str, Any]:
+        """Arguments the task model supplies to its head (e.g. ``num_labels``)."""
+        return {}
+
+    @property
+    def source(self) -> ModelSource:
+        """The resolved base diffusers model (folder, repo id, revision)."""
+        return self.backbone.source
+
+    @property
+    def trunk_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of what comes from the base model (left out by ``bundle_trunk=False``)."""
+        return tuple(f"backbone.{p}" for p in self.backbone.base_prefixes)
+
+    @classmethod
+    def from_diffusers(cls: type[M], repo_id: str | os.PathLike, *, taps: Sequence[str],
+                       head: dict[str, Any] | None = None, labels: Sequence[str] | None = None,
+                       **options: Any) -> M:
+        """Builds the task model on a diffusers model (Hub repo id or local folder).
+
+        Args:
+            repo_id: Hub repo id or local folder in diffusers layout.
+            taps: Tap names (see ``diffperception.list_taps``).
+            head: Head config ``{"type": name, **arguments}`` (default: the task's).
+            labels: Class names (classification).
+            **options: ``timesteps``, ``noise``, ``seed``, ``ensemble``, ``prompt``, ``size``,
+                ``dtype``, ``revision``, ``variant``, ``cache_dir``, ``local_files_only``,
+                ``token``, ``inversion_steps`` as for ``DiffusionBackbone.from_diffusers``.
+
+        Raises:
+            ValueError: Unknown tap, head or option; a head argument the head does not take.
+            FileNotFoundError: Missing repo, revision, folder or weights.
+        """
+        from ..features.backbone import DiffusionBackbone
+
+        (backbone, features, preprocess), source = DiffusionBackbone.config_sections(
+            repo_id, taps=taps, **options)
+        config = TaskConfig(
+            architecture=registered_name(cls), backbone=backbone, features=features,
+            preprocess=preprocess, head=HeadConfig.from_dict(head) if head is not None else None,
+            labels=list(labels) if labels is not None else None)
+        return cls(config, source=source)
+
+    def specialize(self, size: tuple[int, int] | None = None, *, latent_input: bool = False
+                   ) -> nn.Module:
+        """Freezes timestep, prompt and noise into constants: a module of images only.
+
+        Args:
+            size: ``(H, W)`` of the images the specialised module takes (default:
+                ``config.preprocess.size``).
+            latent_input: Take latents instead of images (leaves the VAE encoder out).
+
+        Returns:
+            A module whose forward takes ``(B, 3, H, W)`` images in [0, 1] already at ``size``
+            (or latents) and returns ``{output name: tensor}``: the taps for the identity head,
+            else ``{head.output_key: ...}`` (``"logits"`` for classifiers).
+
+        Raises:
+            ValueError: Noise or prompt kinds that are not constants, or a bad size.
+        """
+        special = self.backbone.specialize(size, latent_input=latent_input,
+                                           source_config=self.saved_config())
+        if self.head.output_key == "features":
+            return special
+        return SpecializedTaskModel(special, copy.deepcopy(self.head)).eval()
 
     # ------------------------------------------------------------------------------- config
 
@@ -256,7 +369,7 @@ class DiffusionPerceptionModel(
         return data
 
     def _keeps_text_encoders(self) -> bool:
-        return any(k.startswith(("text_encoder.", "text_encoder_2.")) for k in self.state_dict())
+        return self.backbone.prompt.keeps_text_encoders
 
     # --------------------------------------------------------------------------------- save
 
@@ -472,7 +585,10 @@ class DiffusionPerceptionModel(
         folder = Path(model_id)
         task_config = TaskConfig.from_dict(config if config is not None else read_config(folder))
         backbone = folder / BACKBONE_DIR
-        bundled = (backbone / "unet" / "config.json").is_file()
+        from ..backbones import get_family
+
+        component = get_family(task_config.backbone.family).component
+        bundled = (backbone / component / "config.json").is_file()
         if bundled:
             source = ModelSource(folder=backbone, repo_id=task_config.backbone.repo_id,
                                  revision=task_config.backbone.revision)
@@ -482,16 +598,20 @@ class DiffusionPerceptionModel(
                                     revision=task_config.backbone.revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only, token=token)
             model = cls(task_config, source=source, load_weights=True)
-        model.load_saved_weights(_weight_files(folder), include_trunk=bundled)
+        model.load_saved_weights(_weight_files(folder), include_trunk=bundled,
+                                 config_format=task_config.config_format)
         return model.eval()
 
-    def load_saved_weights(self, files: Sequence[Path], *, include_trunk: bool = True) -> None:
+    def load_saved_weights(self, files: Sequence[Path], *, include_trunk: bool = True,
+                           config_format: int = CONFIG_FORMAT_VERSION) -> None:
         """Loads safetensors files strictly (keys and shapes), casting to the model's dtypes.
 
         Args:
             files: The weight files (one, or every shard).
             include_trunk: The files hold the trunk too; False expects only the keys outside
                 ``trunk_prefixes`` (the trunk came from the base repo).
+            config_format: The ``config_format`` the files were saved with; format-1 keys
+                (no ``backbone.`` prefix) are migrated.
 
         Raises:
             RuntimeError: Missing, unexpected or mis-shaped tensors (listed by key), or a
@@ -501,6 +621,8 @@ class DiffusionPerceptionModel(
         if not include_trunk:
             expected = {k: v for k, v in expected.items() if not k.startswith(self.trunk_prefixes)}
         loaded = read_tensors(list(files), None)
+        if config_format < 2:
+            loaded = {migrate_format1_key(k): v for k, v in loaded.items()}
         where = files[0].name if len(files) == 1 else f"the {len(files)} shards of {files[0].parent}"
         check_state_dict(expected, loaded, where)
         loaded = {k: v.to(expected[k].dtype) for k, v in loaded.items()}
@@ -509,3 +631,41 @@ class DiffusionPerceptionModel(
         if empty:
             raise RuntimeError(f"After loading, tensors {_list(empty)} still have no values; the "
                                "saved model is incomplete.")
+
+
+def migrate_format1_key(key: str) -> str:
+    """The format-2 state-dict key of a format-1 key (``unet.x`` -> ``backbone.unet.x``)."""
+    if key in _FORMAT1_NAMES:
+        return _FORMAT1_NAMES[key]
+    for old, new in _FORMAT1_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+class SpecializedTaskModel(nn.Module):
+    """A specialised backbone followed by the task head: images in, ``{output_key: tensor}`` out.
+
+    Built by ``DiffusionPerceptionModel.specialize`` for heads other than the identity; it keeps
+    the attributes the exporters read (``size``, ``latent_input``, ``source_config``, ``noise``).
+
+    Args:
+        backbone: The ``SpecializedBackbone``.
+        head: The task head.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.output_key = head.output_key
+        self.size, self.latent_input = backbone.size, backbone.latent_input
+        self.source_config = backbone.source_config
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """The backbone's fixed noise ``(T, E, 1, C, h, w)`` (the latent input's shape)."""
+        return self.backbone.noise
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{output_key: (B, ...)}``, e.g. ``{"logits": (B, num_labels)}``."""
+        return {self.output_key: getattr(self.head(self.backbone(images)), self.output_key)}

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["build_model_card", "default_usage", "base_model_license", "KNOWN_LICENSES"]
+__all__ = ["build_model_card", "default_usage", "image_size", "base_model_license", "KNOWN_LICENSES"]
 
 #: Licenses of well-known base models (their model cards' ``license`` field).
 KNOWN_LICENSES: dict[str, str] = {
@@ -56,19 +56,17 @@ def base_model_license(repo_id: str, folder: Path | None) -> str | None:
     return None
 
 
-def _image_size(model) -> tuple[int, int]:
-    from ..features.cost import native_size
-
+def image_size(model) -> tuple[int, int]:
+    """``(H, W)`` the model runs at: ``preprocess.size``, else the network's native size."""
     if model.config.preprocess.size:
         h, w = model.config.preprocess.size
         return int(h), int(w)
-    factor = model.vae.downsample_factor if getattr(model, "vae", None) is not None else 1
-    return native_size(model.unet_config, factor)
+    return model.backbone.native_size
 
 
 def default_usage(model, model_id: str) -> str:
     """A snippet that loads the model by ``model_id`` and runs it on a random image batch."""
-    h, w = _image_size(model)
+    h, w = image_size(model)
     prompt = model.config.features.prompt
     call = 'model(images, prompt=["a photo"])' if prompt.kind == "per_image" else "model(images)"
     return (
@@ -87,7 +85,7 @@ def _settings_table(model) -> str:
     cfg = model.config
     taps = ", ".join(f"`{t.name}`" + (f" (`{t.path}`" + (f", {t.kind}" if t.kind != "out" else "")
                                       + ")" if t.path != t.name or t.kind != "out" else "")
-                     for t in model.trunk.taps)
+                     for t in model.backbone.taps)
     noise = cfg.features.noise
     noise_text = f"{noise.kind}, seed {noise.seed}, ensemble {noise.ensemble}"
     if noise.kind == "ddim_inversion":
@@ -107,6 +105,11 @@ def _settings_table(model) -> str:
         ("prompt", prompt_text),
         ("preprocess", f"{size}, {pre.resize} resize, crop {pre.crop}, range {list(pre.range)}"),
     ]
+    if cfg.head is not None:
+        rows.append(("head", ", ".join(f"{k}={v!r}" for k, v in cfg.head.to_dict().items())))
+    if cfg.labels:
+        rows.append(("labels", f"{len(cfg.labels)}: " + ", ".join(f"`{x}`" for x in cfg.labels[:20])
+                     + (" ..." if len(cfg.labels) > 20 else "")))
     return "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 

@@ -77,7 +77,7 @@ def get_model_class(name: str) -> type:
     """
     if name in _MODELS:
         return _MODELS[name]
-    close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.8)
     hint = f" Did you mean {close}?" if close else ""
     raise ValueError(
         f"config['architecture'] = {name!r} is not a registered task model.{hint} Registered: "

@@ -1,0 +1,271 @@
+"""The backbone-family protocol and its registry.
+
+A family is how one kind of diffusion network is loaded, conditioned, cut and run: ``sd``
+(``UNet2DConditionModel`` + VAE + CLIP text encoders), ``pixel`` (text-free ``UNet2DModel``), and
+later ``dit``. Everything that depends on the network's architecture lives in the family's file;
+the trunk driver, the backbone object and the task models above only call the methods below. The
+list of supported families (config validation, the loading allow-list) comes from this registry
+alone.
+
+Example:
+    >>> @register_family("pixel")
+    ... class PixelFamily(UNetFamily): ...
+    >>> list_families()
+    ['pixel', 'sd']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BackboneFamily",
+    "register_family",
+    "get_family",
+    "list_families",
+    "family_for_folder",
+    "network_classes",
+]
+
+_FAMILIES: dict[str, type["BackboneFamily"]] = {}
+
+
+class BackboneFamily:
+    """What a family provides (all class methods; a family is never instantiated).
+
+    Attributes:
+        name: The registered name (``config["backbone"]["family"]``).
+        component: The diffusers folder holding the network (``"unet"``, ``"transformer"``).
+        network_classes: The diffusers classes of that component this family runs.
+        text_conditioned: Whether the network takes a text context (prompts).
+    """
+
+    name: ClassVar[str] = ""
+    component: ClassVar[str] = "unet"
+    network_classes: ClassVar[tuple[str, ...]] = ()
+    text_conditioned: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ config and building
+
+    @classmethod
+    def read_config(cls, folder: Path) -> dict[str, Any]:
+        """The network's ``config.json`` of a diffusers folder.
+
+        Raises:
+            FileNotFoundError: The folder has no ``<component>/config.json``.
+        """
+        path = Path(folder) / cls.component / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the folder is not a diffusers model.")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Rejects network variants whose forward the family does not reproduce (ValueError)."""
+
+    @classmethod
+    def build_network(cls, config: dict[str, Any]) -> nn.Module:
+        """The diffusers network of ``config`` (call under ``init_empty_weights`` for meta).
+
+        Raises:
+            ValueError: The config names a class this family does not run.
+        """
+        import diffusers
+
+        name = config.get("_class_name", cls.network_classes[0])
+        if name not in cls.network_classes:
+            raise ValueError(f"The {cls.name!r} family runs {list(cls.network_classes)}, not {name}.")
+        return getattr(diffusers, name).from_config(config)
+
+    @classmethod
+    def load_network(cls, folder: Path, prune: Callable[[nn.Module], None], dtype: torch.dtype,
+                     variant: str | None = None, *, load_weights: bool = True) -> nn.Module:
+        """Builds the network on the meta device, prunes it, then reads only the kept tensors.
+
+        Args:
+            folder: The diffusers folder.
+            prune: Called on the meta-device network before any weight is read.
+            dtype: Weight dtype.
+            variant: Weight file variant (``"fp16"``), or None.
+            load_weights: False leaves the pruned network on the meta device.
+
+        Raises:
+            ValueError: The config names a network class or variant this family does not run.
+            FileNotFoundError / RuntimeError: Missing or unreadable weights.
+        """
+        from accelerate import init_empty_weights
+
+        from .loading import find_component_weights, load_pruned
+
+        config = cls.read_config(folder)
+        cls.check_config(config)
+        if not load_weights:
+            with init_empty_weights():
+                network = cls.build_network(config)
+            prune(network)
+            return network
+        files = find_component_weights(Path(folder) / cls.component, variant)
+        return load_pruned(lambda: cls.build_network(config), prune, files, dtype)
+
+    # -------------------------------------------------------------------- taps and the cut
+
+    @classmethod
+    def resolve_alias(cls, path: str, network: nn.Module) -> str:
+        """Maps a tap alias (``up_ft.1``, ``adm.24``) to a module path; other paths unchanged."""
+        return path
+
+    @classmethod
+    def plan_cut(cls, network: nn.Module, taps: Sequence[tuple[str, str]], *, full: bool = False):
+        """The cut after the last unit the ``(path, kind)`` taps need (``full``: no cut)."""
+        raise NotImplementedError(f"{cls.__name__} does not implement plan_cut")
+
+    @classmethod
+    def prune(cls, network: nn.Module, plan: Any) -> None:
+        """Removes in place every module ``plan`` never reaches (works on the meta device)."""
+        raise NotImplementedError(f"{cls.__name__} does not implement prune")
+
+    # -------------------------------------------------------------------------- execution
+
+    @classmethod
+    def embed(cls, network: nn.Module, sample: torch.Tensor, timesteps: torch.Tensor,
+              context: torch.Tensor | None, added: dict | None) -> torch.Tensor:
+        """The time (and added-condition) embedding the network's blocks take, ``(N, D)``."""
+        raise NotImplementedError(f"{cls.__name__} does not implement embed")
+
+    @classmethod
+    def prepare_context(cls, network: nn.Module, context: torch.Tensor | None,
+                        added: dict | None) -> torch.Tensor | None:
+        """The text context the cross-attentions see (after any projection)."""
+        return context
+
+    @classmethod
+    def run(cls, network: nn.Module, plan: Any, sample: torch.Tensor, emb: torch.Tensor,
+            context: torch.Tensor | None) -> None:
+        """Runs the kept part of the network up to ``plan``; forward hooks capture the taps."""
+        raise NotImplementedError(f"{cls.__name__} does not implement run")
+
+    @classmethod
+    def freeze_time(cls, network: nn.Module, emb: torch.Tensor) -> None:
+        """Turns the time embedding ``emb`` ``(T, D)`` into constants inside ``network``."""
+        raise NotImplementedError(f"{cls.__name__} does not implement freeze_time")
+
+    # ------------------------------------------------------------------------ geometry
+
+    @classmethod
+    def size_multiple(cls, config: dict[str, Any]) -> int:
+        """Latent height and width must be multiples of this."""
+        return 1
+
+    @classmethod
+    def native_latent_size(cls, config: dict[str, Any]) -> tuple[int, int]:
+        """The latent size the network was trained at (``sample_size``)."""
+        sample = config.get("sample_size") or 64
+        h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        return int(h), int(w)
+
+    @classmethod
+    def meta_inputs(cls, config: dict[str, Any], latent_hw: tuple[int, int],
+                    context_shape: tuple[int, int] | None, pooled_dim: int | None,
+                    device: torch.device | str = "meta") -> tuple:
+        """``(sample, timesteps, context, added)`` of batch 1 for FLOP counting / shapes."""
+        sample = torch.empty(1, int(config.get("in_channels", 4)), *latent_hw, device=device)
+        timesteps = torch.zeros(1, dtype=torch.long, device=device)
+        context = (torch.empty(1, *context_shape, device=device)
+                   if context_shape is not None else None)
+        return sample, timesteps, context, cls.added_conditions_like(pooled_dim, latent_hw, device)
+
+    @classmethod
+    def added_conditions_like(cls, pooled_dim: int | None, latent_hw: tuple[int, int],
+                              device: torch.device | str) -> dict | None:
+        """Placeholder added conditions of batch 1 (None for families without any)."""
+        return None
+
+    # ---------------------------------------------------------------------------- prompts
+
+    @classmethod
+    def context_shape(cls, folder: Path, config: dict[str, Any]
+                      ) -> tuple[tuple[int, int] | None, int | None]:
+        """``((L, D), pooled width)`` of an encoded prompt; ``(None, None)`` when text-free."""
+        return None, None
+
+    @classmethod
+    def encode_prompt(cls, texts: list[str], encoders: dict[str, nn.Module],
+                      tokenizers: dict[str, Any], config: dict[str, Any]
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(context (B, L, D), pooled (B, P) or None)`` as the family's pipelines encode."""
+        raise ValueError(f"The {cls.name!r} family is text-free: it takes no prompt.")
+
+    @classmethod
+    def added_conditions(cls, pooled: torch.Tensor | None, height: int, width: int,
+                         config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """Added conditions for an image of ``height`` x ``width`` pixels (None when none)."""
+        return None
+
+
+def register_family(name: str) -> Callable[[type[BackboneFamily]], type[BackboneFamily]]:
+    """Class decorator registering a backbone family under ``name``.
+
+    Raises:
+        ValueError: Another class is registered under ``name``.
+    """
+
+    def wrap(cls: type[BackboneFamily]) -> type[BackboneFamily]:
+        existing = _FAMILIES.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"Backbone family {name!r} is already registered by {existing}.")
+        cls.name = name
+        _FAMILIES[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_families() -> list[str]:
+    """Names of the registered backbone families, sorted."""
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> type[BackboneFamily]:
+    """The family registered under ``name``.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the registered ones).
+    """
+    if name not in _FAMILIES:
+        raise ValueError(f"config['backbone']['family'] = {name!r} is invalid: one of "
+                         f"{list_families()}.")
+    return _FAMILIES[name]
+
+
+def network_classes() -> dict[str, str]:
+    """Every diffusers network class a registered family runs -> that family's name."""
+    return {klass: fam.name for fam in _FAMILIES.values() for klass in fam.network_classes}
+
+
+def family_for_folder(folder: Path) -> type[BackboneFamily]:
+    """The family that runs the network of a diffusers folder (by its ``_class_name``).
+
+    Raises:
+        FileNotFoundError: No family's component folder holds a ``config.json``.
+        ValueError: The network class is run by no registered family.
+    """
+    folder = Path(folder)
+    components = sorted({fam.component for fam in _FAMILIES.values()})
+    for component in components:
+        path = folder / component / "config.json"
+        if path.is_file():
+            name = json.loads(path.read_text()).get("_class_name", "UNet2DConditionModel")
+            classes = network_classes()
+            if name not in classes:
+                raise ValueError(f"{folder / component} holds a {name}; diffperception runs "
+                                 f"{sorted(classes)}.")
+            return _FAMILIES[classes[name]]
+    raise FileNotFoundError(
+        f"{folder} holds none of {[c + '/config.json' for c in components]}: it is not a "
+        "diffusers model folder."
+    )

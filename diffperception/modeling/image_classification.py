@@ -1,0 +1,117 @@
+"""``DiffusionPerceptionForImageClassification``: images in, class logits out.
+
+The backbone with a classification head (``linear`` by default: the "GD" linear probe of the
+text-free diffusion-features paper, S001 §4.1); labels live in the config (``id2label``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..config import TaskConfig
+from .base import DiffusionPerceptionModel
+from .outputs import ImageClassifierOutput
+from .registry import register_model
+
+__all__ = ["DiffusionPerceptionForImageClassification"]
+
+
+@register_model
+class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
+                                                pipeline_tag="image-classification"):
+    """A diffusion backbone and a classification head.
+
+    Args:
+        config: A ``TaskConfig`` (or its dict) with ``architecture`` set to this class's name,
+            ``labels`` the class names and ``head`` a classification head
+            (``{"type": "linear", "pool": 2}`` when null).
+        source, load_weights, **hub_kwargs: See ``DiffusionPerceptionModel``.
+
+    Raises:
+        ValueError: No labels, duplicate labels, or a head that gives no logits.
+
+    Example:
+        >>> model = DiffusionPerceptionForImageClassification.from_diffusers(
+        ...     "stabilityai/stable-diffusion-2-1", taps=["up_ft.1"], timesteps=[261],
+        ...     head={"type": "linear", "pool": 2}, labels=["cat", "dog"])
+        >>> out = model(images, labels=torch.tensor([0, 1]))
+        >>> out.logits.shape, out.loss           # (2, 2), cross-entropy
+    """
+
+    default_head = {"type": "linear", "pool": 2}
+
+    def check_config(self, config: TaskConfig) -> None:
+        labels = config.labels
+        if not labels:
+            raise ValueError("config['labels'] is missing: an image classifier needs the class "
+                             "names (labels=['cat', 'dog', ...]).")
+        duplicates = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicates:
+            raise ValueError(f"config['labels'] has duplicates {duplicates}; class names must be "
+                             "unique.")
+
+    def head_arguments(self) -> dict[str, Any]:
+        return {"num_labels": len(self.config.labels)}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Class index -> class name."""
+        return dict(enumerate(self.config.labels))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Class name -> class index."""
+        return {name: i for i, name in enumerate(self.config.labels)}
+
+    def _check_labels(self, labels: Any, batch: int) -> torch.Tensor:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor of class indices, got "
+                            f"{type(labels).__name__}.")
+        if labels.shape != (batch,) or labels.is_floating_point():
+            raise ValueError(f"labels must be integer class indices of shape ({batch},), got "
+                             f"{labels.dtype} of shape {tuple(labels.shape)}.")
+        bad = labels[(labels < 0) | (labels >= len(self.config.labels))]
+        if bad.numel():
+            raise ValueError(f"labels {bad.tolist()} are outside [0, {len(self.config.labels)}); "
+                             f"model.label2id maps names to indices.")
+        return labels.long()
+
+    def forward(self, images: Any, labels: torch.Tensor | None = None, *,
+                noise: torch.Tensor | None = None, prompt: Sequence[str] | str | None = None,
+                value_range: tuple[float, float] | None = None) -> ImageClassifierOutput:
+        """Class logits, and the cross-entropy loss when labels are given.
+
+        Args:
+            images: ``(B, 3, H, W)`` float in [0, 1], numpy arrays or PIL images.
+            labels: ``(B,)`` class indices (``model.label2id``).
+            noise, prompt, value_range: As for the feature extractor.
+
+        Returns:
+            ``ImageClassifierOutput(loss, logits (B, num_labels))``.
+
+        Raises:
+            TypeError / ValueError: Labels of the wrong type, shape or range.
+        """
+        feats = self.backbone(images, noise=noise, prompt=prompt, value_range=value_range)
+        batch = next(iter(feats.values())).shape[0]
+        if labels is not None:
+            labels = self._check_labels(labels.to(next(iter(feats.values())).device), batch)
+        out = self.head(feats, labels=labels)
+        return ImageClassifierOutput(loss=out.loss, logits=out.logits)
+
+    def card_usage(self, model_id: str) -> str:
+        """The usage snippet of the model card (runs as is)."""
+        from .model_card import image_size
+
+        h, w = image_size(self)
+        return (
+            "import torch\n"
+            "from diffperception import AutoDiffusionPerception\n\n"
+            f"model = AutoDiffusionPerception.from_pretrained({model_id!r})\n"
+            f"images = torch.rand(1, 3, {h}, {w})  # (B, 3, H, W) RGB in [0, 1]\n"
+            "with torch.no_grad():\n"
+            "    logits = model(images).logits  # (B, num_labels)\n"
+            "print(model.id2label[int(logits.argmax(-1)[0])])\n"
+        )
