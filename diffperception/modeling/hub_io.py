@@ -194,13 +194,13 @@ def backbone_config_files(folder: str | os.PathLike, keep_text_encoders: bool) -
 
 # ------------------------------------------------------------------------------------ pushing
 
-def create_model_repo(repo_id: str, *, token: str | None = None,
+def create_model_repo(repo_id: str, *, token: str | bool | None = None,
                       private: bool | None = None) -> str:
     """Creates the Hub model repo if it does not exist; returns its full id.
 
     Args:
         repo_id: ``"namespace/name"`` (or ``"name"``: the token's user is the namespace).
-        token: Hub token with write access (default: the logged-in one).
+        token: Hub token with write access (default: the logged-in one; False: none).
         private: Create it private (an existing repo keeps its visibility).
 
     Returns:
@@ -222,7 +222,7 @@ def upload_model_folder(
     folder: str | os.PathLike,
     repo_id: str,
     *,
-    token: str | None = None,
+    token: str | bool | None = None,
     commit_message: str = "Upload diffperception task model",
     branch: str | None = None,
     create_pr: bool | None = None,
