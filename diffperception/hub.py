@@ -31,9 +31,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence, TypedDict
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
+    "HubKwargs",
     "ModelSource",
     "SourceKind",
     "find_weight_files",
@@ -52,6 +56,25 @@ SourceKind = Literal["alias", "folder", "repo"]
 # "scheme:name": the colon keeps an alias from ever being a valid Hub repo id or a bare folder name.
 _ALIAS_RE = re.compile(r"[A-Za-z][\w.-]*:[\w./-]+")
 _ALIASES: dict[str, Callable[[], str | os.PathLike]] = {}
+
+
+class HubKwargs(TypedDict, total=False):
+    """The Hub keywords every loader takes (``**hub_kwargs: Unpack[HubKwargs]``).
+
+    Attributes:
+        revision: Branch, tag or commit sha of a Hub repo.
+        cache_dir: huggingface_hub cache folder.
+        local_files_only: Never touch the network; use the cache only (also implied by
+            ``HF_HUB_OFFLINE=1``).
+        token: Hub token for private or gated repos (False: send none).
+        force_download: Download again even when cached.
+    """
+
+    revision: str | None
+    cache_dir: str | os.PathLike | None
+    local_files_only: bool
+    token: str | bool | None
+    force_download: bool
 
 
 @dataclass
@@ -217,22 +240,15 @@ def resolve_folder(
     name: str | os.PathLike,
     *,
     allow_patterns: Sequence[str] | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-    force_download: bool = False,
+    **hub_kwargs: Unpack[HubKwargs],
 ) -> ModelSource:
     """The local folder of a model name: an alias's folder, a folder as is, or a Hub snapshot.
 
     Args:
         name: Source alias, local folder or Hub repo id (the rule of :func:`source_kind`).
         allow_patterns: Files of a Hub repo to download (all when None).
-        revision: Branch, tag or commit sha of a Hub repo (recorded as is for a folder).
-        cache_dir: huggingface_hub cache folder.
-        local_files_only: Never touch the network; use the cache only.
-        token: Hub token for private or gated repos (False: send none).
-        force_download: Download again even when cached.
+        **hub_kwargs: ``revision`` (recorded as is for a folder, ignored for an alias),
+            ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` (:class:`HubKwargs`).
 
     Returns:
         The folder, the name and the revision (a Hub snapshot's commit sha).
@@ -240,17 +256,20 @@ def resolve_folder(
     Raises:
         FileNotFoundError: See :func:`source_kind` and :func:`snapshot`.
         ValueError: See :func:`source_kind`.
+        TypeError: An unknown keyword.
         RuntimeError: See :func:`snapshot`.
     """
+    unknown = sorted(set(hub_kwargs) - set(HubKwargs.__annotations__))
+    if unknown:
+        raise TypeError(f"Unknown Hub keyword(s) {unknown}; allowed: "
+                        f"{sorted(HubKwargs.__annotations__)}.")
     kind = source_kind(name)
     if kind == "alias":
         return ModelSource(folder=resolve_source_alias(str(name)), repo_id=str(name), revision=None)
     if kind == "folder":
         return ModelSource(folder=Path(name).expanduser(), repo_id=os.fspath(name),
-                           revision=revision)
-    folder = snapshot(str(name), revision=revision, cache_dir=cache_dir, token=token,
-                      local_files_only=local_files_only, force_download=force_download,
-                      allow_patterns=allow_patterns)
+                           revision=hub_kwargs.get("revision"))
+    folder = snapshot(str(name), allow_patterns=allow_patterns, **hub_kwargs)
     return ModelSource(folder=folder, repo_id=str(name), revision=folder.name)
 
 

@@ -107,6 +107,8 @@ def test_local_folder_resolves_without_the_hub(workdir, local_hub):
     assert source.folder == Path("models/sd") and source.folder.is_dir()
     assert (source.repo_id, source.revision) == ("models/sd", "v1")  # recorded, not checked
     assert len(local_hub.request_log) == before
+    with pytest.raises(TypeError, match=r"Unknown Hub keyword\(s\) \['revison'\]"):
+        resolve_folder("models/sd", revison="v1")
 
 
 # ------------------------------------------------------------------------------ Hub errors

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from ..backbones.loading import TEXT_SLOTS
-from ..hub import find_weight_files, resolve_folder
+from ..hub import HubKwargs, find_weight_files, resolve_folder
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
+    from typing_extensions import Unpack
 
 __all__ = [
     "BACKBONE_CONFIGS",
@@ -67,22 +68,14 @@ STALE_FILES = ("model*.safetensors", "model*.safetensors.index.json", f"{BACKBON
 
 # ------------------------------------------------------------------------------------ reading
 
-def resolve_model_folder(
-    name_or_path: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-    force_download: bool = False,
-) -> Path:
+def resolve_model_folder(name_or_path: str | os.PathLike, **hub_kwargs: Unpack[HubKwargs]) -> Path:
     """The local folder of a saved task model: a folder as is, or a Hub repo's snapshot.
 
     Args:
         name_or_path: Folder written by ``save_pretrained`` or a Hub repo id
             (``diffperception.hub.source_kind``'s rule).
-        revision, cache_dir, local_files_only, token, force_download: As for
-            ``huggingface_hub.snapshot_download``.
+        **hub_kwargs: ``revision``, ``cache_dir``, ``local_files_only``, ``token``,
+            ``force_download`` (``diffperception.hub.HubKwargs``).
 
     Returns:
         The folder holding ``config.json``.
@@ -93,9 +86,7 @@ def resolve_model_folder(
         ValueError: An alias-shaped name nobody registered.
         RuntimeError: The Hub refused the download (e.g. an invalid token).
     """
-    source = resolve_folder(name_or_path, allow_patterns=TASK_MODEL_FILES, revision=revision,
-                            cache_dir=cache_dir, local_files_only=local_files_only, token=token,
-                            force_download=force_download)
+    source = resolve_folder(name_or_path, allow_patterns=TASK_MODEL_FILES, **hub_kwargs)
     if not (source.folder / CONFIG_NAME).is_file():
         where = (str(source.folder) if Path(source.repo_id).expanduser() == source.folder
                  else f"{source.repo_id} (revision {source.revision or 'main'})")
