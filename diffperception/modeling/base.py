@@ -17,7 +17,6 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar, Sequence, TypeVar
 
-import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
