@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import default_model  # noqa: F401 - registers the "diffperception:default" source alias
 from .api import list_taps
 from .config import HeadConfig, TaskConfig
 from .features.backbone import DiffusionBackbone

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "taps": ("diffperception.extract", "list the valid tap names of a diffusers model"),
     "export": ("diffperception.export.cli", "export to TorchScript / torch.export / ONNX / TensorRT"),
     "bench": ("diffperception.benchmarks.cli", "latency / memory / FLOP benchmarks"),
-    "push": ("diffperception.modeling.cli", "push a saved task model folder to the Hugging Face Hub"),
+    "push": ("diffperception.modeling.push", "push a saved task model folder to the Hugging Face Hub"),
 }
 
 

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ..hub import ModelSource, find_weight_files, resolve_folder
+
 __all__ = [
+    "DIFFUSERS_PATTERNS",
     "ModelSource",
+    "TEXT_ENCODER_CLASSES",
+    "TEXT_SLOTS",
     "resolve_source",
     "read_model_index",
-    "load_unet",
+    "find_component_weights",
+    "load_text_stack",
+    "network_components",
     "load_vae_encoder",
     "load_text_encoder",
     "load_tokenizer",
@@ -30,33 +36,27 @@ __all__ = [
     "VaeEncoder",
 ]
 
-_PATTERNS = [
-    "model_index.json",
-    "unet/config.json", "unet/*.safetensors", "unet/*.safetensors.index.json",
-    "vae/config.json", "vae/*.safetensors",
-    "text_encoder/*.json", "text_encoder/*.safetensors",
-    "text_encoder_2/*.json", "text_encoder_2/*.safetensors",
-    "tokenizer/*", "tokenizer_2/*", "scheduler/*",
-]
+#: The text-encoder slots of a diffusers folder, ``(encoder folder, tokenizer folder)``: SD 1.x /
+#: 2.x use the first, SDXL both.
+TEXT_SLOTS: tuple[tuple[str, str], ...] = (("text_encoder", "tokenizer"),
+                                           ("text_encoder_2", "tokenizer_2"))
+#: The transformers classes a text encoder may be (``model_index.json`` names one per slot).
+TEXT_ENCODER_CLASSES: tuple[str, ...] = ("CLIPTextModel", "CLIPTextModelWithProjection")
+
+# "*.json" also takes the shard indexes, "*.safetensors" every shard; never .bin / .ckpt files.
+# The network's own folder (unet/, transformer/) comes from the family registry.
+DIFFUSERS_PATTERNS: tuple[str, ...] = (
+    "model_index.json", "scheduler/*", "vae/*.json", "vae/*.safetensors",
+    *(p for encoder, tokenizer in TEXT_SLOTS
+      for p in (f"{encoder}/*.json", f"{encoder}/*.safetensors", f"{tokenizer}/*")),
+)
 
 
-# The name of the offline default model shipped inside the package (a diffusers folder).
-DEFAULT_MODEL_ID = "diffperception:default"
+def network_components() -> list[str]:
+    """The network folders of the registered families (``["unet"]``, later ``"transformer"``)."""
+    from .base import _FAMILIES
 
-
-@dataclass
-class ModelSource:
-    """A resolved diffusers model folder.
-
-    Attributes:
-        folder: Local folder in diffusers layout.
-        repo_id: What the user named (repo id or path).
-        revision: The resolved commit sha for Hub repos, else the requested revision (or None).
-    """
-
-    folder: Path
-    repo_id: str
-    revision: str | None
+    return sorted({family.component for family in _FAMILIES.values()})
 
 
 def resolve_source(
@@ -69,9 +69,14 @@ def resolve_source(
 ) -> ModelSource:
     """Finds (downloading if needed) the files of a diffusers model.
 
+    ``repo_id`` is resolved by ``diffperception.hub.source_kind``'s rule: a registered source
+    alias (``"diffperception:default"``: the offline default model shipped with the package), an
+    existing local folder, or a Hub repo id (only the configs, tokenizers and safetensors weights
+    are downloaded).
+
     Args:
-        repo_id: Hub repo id (``"stabilityai/stable-diffusion-2-1"``), a local folder, or
-            ``"diffperception:default"`` for the offline default model shipped with the package.
+        repo_id: Hub repo id (``"stabilityai/stable-diffusion-2-1"``), a local folder, or a source
+            alias.
         revision: Branch, tag or commit sha of a Hub repo.
         cache_dir: huggingface_hub cache folder.
         local_files_only: Never touch the network; use the cache only.
@@ -81,57 +86,26 @@ def resolve_source(
         The local folder and the resolved commit sha.
 
     Raises:
-        FileNotFoundError: The folder or repo does not exist, or it is not cached while offline.
+        FileNotFoundError: The folder or repo does not exist, it is not a diffusers model, or it
+            is not cached while offline.
+        ValueError: An alias-shaped name (``"scheme:name"``) that is not registered.
+        RuntimeError: The Hub refused the download (e.g. an invalid token).
     """
-    if str(repo_id) == DEFAULT_MODEL_ID:
-        from ..default_model import DEFAULT_MODEL_PATH
-
-        return ModelSource(folder=DEFAULT_MODEL_PATH, repo_id=DEFAULT_MODEL_ID, revision=None)
-    path = Path(repo_id).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
-            raise FileNotFoundError(
-                f"{path} is a folder but not a diffusers model: it has no model_index.json and no "
-                "unet/ subfolder. Point to the folder a diffusers pipeline's save_pretrained wrote."
-            )
-        return ModelSource(folder=path, repo_id=str(repo_id), revision=revision)
-    if str(repo_id).startswith((".", "/", "~")) or os.sep in str(repo_id).strip("/").split("/", 1)[-1]:
-        raise FileNotFoundError(f"Local folder {repo_id!r} does not exist.")
-    return _snapshot(str(repo_id), revision, cache_dir, local_files_only, token)
-
-
-def _snapshot(repo_id, revision, cache_dir, local_files_only, token) -> ModelSource:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        folder = snapshot_download(
-            repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-            token=token, allow_patterns=_PATTERNS,
+    components = network_components()
+    patterns = (*DIFFUSERS_PATTERNS, *(f"{c}/*.{ext}" for c in components
+                                       for ext in ("json", "safetensors")))
+    source = resolve_folder(repo_id, allow_patterns=patterns, revision=revision,
+                            cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    folder = source.folder
+    if not (folder / "model_index.json").is_file() and not any((folder / c).is_dir()
+                                                               for c in components):
+        where = str(folder) if Path(source.repo_id).expanduser() == folder else (
+            f"{source.repo_id} (revision {source.revision}, files in {folder})")
+        raise FileNotFoundError(
+            f"{where} is not a diffusers model: it has no model_index.json and none of "
+            f"{[c + '/' for c in components]}. Point to the folder a diffusers pipeline's save_pretrained wrote."
         )
-    except RepositoryNotFoundError as err:
-        raise FileNotFoundError(
-            f"Hub repository {repo_id!r} was not found (or is private and no valid token was "
-            "given). Check the id, or pass token=... / run `hf auth login`."
-        ) from err
-    except RevisionNotFoundError as err:
-        raise FileNotFoundError(
-            f"Revision {revision!r} of {repo_id!r} does not exist; pass an existing branch, tag or "
-            "commit sha."
-        ) from err
-    except LocalEntryNotFoundError as err:
-        raise FileNotFoundError(
-            f"{repo_id!r} at revision {revision or 'main'!r} is not in the local cache and the Hub "
-            "cannot be reached (offline mode or no network). Download it once with network access "
-            f"(`hf download {repo_id}" + (f" --revision {revision}" if revision else "")
-            + "`) or point to a local folder."
-        ) from err
-    folder = Path(folder)
-    return ModelSource(folder=folder, repo_id=repo_id, revision=folder.name)
+    return source
 
 
 def read_model_index(folder: Path) -> dict[str, Any]:
@@ -140,23 +114,6 @@ def read_model_index(folder: Path) -> dict[str, Any]:
     if index.is_file():
         return json.loads(index.read_text())
     return {"unet": ["diffusers", "UNet2DConditionModel"]}
-
-
-def _weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
-    """Finds the safetensors files (single or sharded) of one component."""
-    name = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
-    if (folder / name).is_file():
-        return [folder / name]
-    index = folder / f"{name}.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / s for s in shards]
-    others = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
-    raise FileNotFoundError(
-        f"No weights {name} (or a sharded {name}.index.json) in {folder}; found {others}. "
-        "diffperception loads safetensors only: convert .bin weights with diffusers' "
-        "save_pretrained(..., safe_serialization=True)."
-    )
 
 
 def read_tensors(files: list[Path], keys: set[str] | None) -> dict[str, torch.Tensor]:
@@ -208,27 +165,6 @@ def load_pruned(
     return module
 
 
-_UNET_CLASSES = {"UNet2DConditionModel", "UNet2DModel"}
-
-
-def load_unet(
-    folder: Path, prune: Callable[[nn.Module], None], dtype: torch.dtype,
-    variant: str | None = None,
-) -> nn.Module:
-    """Loads the U-Net of a diffusers folder, pruned by ``prune`` before any weight is read."""
-    import diffusers
-
-    config = json.loads((folder / "unet" / "config.json").read_text())
-    name = config.get("_class_name", "UNet2DConditionModel")
-    if name not in _UNET_CLASSES:
-        raise ValueError(
-            f"{folder / 'unet'} holds a {name}; diffperception supports {sorted(_UNET_CLASSES)}."
-        )
-    cls = getattr(diffusers, name)
-    files = _weight_files(folder / "unet", "diffusion_pytorch_model", variant)
-    return load_pruned(lambda: cls.from_config(config), prune, files, dtype)
-
-
 class VaeEncoder(nn.Module):
     """The encoder half of an ``AutoencoderKL``: image in [-1, 1] to scaled latent mean.
 
@@ -265,7 +201,7 @@ def load_vae_encoder(folder: Path, dtype: torch.dtype, variant: str | None = Non
     from diffusers import AutoencoderKL
 
     config = json.loads((folder / "vae" / "config.json").read_text())
-    files = _weight_files(folder / "vae", "diffusion_pytorch_model", variant)
+    files = find_weight_files(folder / "vae", "diffusion_pytorch_model", variant=variant)
 
     def build() -> nn.Module:
         vae = AutoencoderKL.from_config(config)
@@ -274,17 +210,13 @@ def load_vae_encoder(folder: Path, dtype: torch.dtype, variant: str | None = Non
     return load_pruned(build, lambda m: None, files, dtype)
 
 
-_TEXT_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
-
-
 def load_text_encoder(folder: Path, subfolder: str, class_name: str, dtype: torch.dtype) -> nn.Module:
     """Loads a CLIP text encoder with transformers (safetensors only, no remote code)."""
     import transformers
 
-    if class_name not in _TEXT_CLASSES:
-        raise ValueError(
-            f"{folder / subfolder} holds a {class_name}; supported text encoders: {_TEXT_CLASSES}."
-        )
+    if class_name not in TEXT_ENCODER_CLASSES:
+        raise ValueError(f"{folder / subfolder} holds a {class_name}; supported text encoders: "
+                         f"{list(TEXT_ENCODER_CLASSES)}.")
     cls = getattr(transformers, class_name)
     model = cls.from_pretrained(str(folder / subfolder), use_safetensors=True, dtype=dtype)
     return model.eval().requires_grad_(False)
@@ -317,7 +249,7 @@ def load_alphas_cumprod(folder: Path) -> tuple[torch.Tensor, dict[str, Any]]:
 
 def find_component_weights(folder: Path, variant: str | None = None) -> list[Path]:
     """The safetensors files (single or sharded) of one diffusers component folder."""
-    return _weight_files(folder, "diffusion_pytorch_model", variant)
+    return find_weight_files(folder, "diffusion_pytorch_model", variant=variant)
 
 
 def load_text_stack(folder: Path, index: dict[str, Any], dtype: torch.dtype, *,
@@ -342,16 +274,16 @@ def load_text_stack(folder: Path, index: dict[str, Any], dtype: torch.dtype, *,
     from accelerate import init_empty_weights
 
     encoders, tokenizers = {}, {}
-    for enc_name, tok_name in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+    for enc_name, tok_name in TEXT_SLOTS:
         entry = index.get(enc_name)
         if not entry or entry[1] is None:
             continue
         if load_weights:
             encoders[enc_name] = load_text_encoder(folder, enc_name, entry[1], dtype)
         else:
-            if entry[1] not in _TEXT_CLASSES:
+            if entry[1] not in TEXT_ENCODER_CLASSES:
                 raise ValueError(f"{folder / enc_name} holds a {entry[1]}; supported text "
-                                 f"encoders: {_TEXT_CLASSES}.")
+                                 f"encoders: {list(TEXT_ENCODER_CLASSES)}.")
             cls = getattr(transformers, entry[1])
             with init_empty_weights():
                 encoder = cls(cls.config_class.from_pretrained(str(folder / enc_name)))

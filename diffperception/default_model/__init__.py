@@ -3,16 +3,23 @@
 The weights in ``weights/`` (diffusers folder layout: ``unet``, ``text_encoder``,
 ``tokenizer``, ``scheduler``) were trained by this project on scikit-learn's
 digits with :mod:`diffperception.default_model.train`. It is a demonstration
-model, not Stable Diffusion. Importing this module loads no model library.
+model, not Stable Diffusion. Importing this module loads no model library; it registers the
+source alias ``"diffperception:default"`` (``DEFAULT_MODEL_ID``), so that name loads this folder
+wherever a model name is accepted.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..hub import register_source_alias
 from .data import load_digits_split, upsample_digits
 
 DEFAULT_MODEL_PATH: Path = (Path(__file__).parent / "weights").resolve()
+#: The name that loads this model, e.g. ``from_diffusers("diffperception:default", ...)``.
+DEFAULT_MODEL_ID = "diffperception:default"
+
+register_source_alias(DEFAULT_MODEL_ID, lambda: DEFAULT_MODEL_PATH)
 
 CLASS_NAMES: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -36,6 +43,7 @@ def caption_for(label: int) -> str:
 __all__ = [
     "CAPTION_PREFIX",
     "CLASS_NAMES",
+    "DEFAULT_MODEL_ID",
     "DEFAULT_MODEL_PATH",
     "caption_for",
     "load_digits_split",

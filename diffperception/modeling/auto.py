@@ -9,11 +9,15 @@ executed.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..config import TaskConfig
+from ..hub import HubKwargs
 from .base import DiffusionPerceptionModel
 from .registry import get_model_class
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AutoDiffusionPerception"]
 
@@ -36,32 +40,27 @@ class AutoDiffusionPerception:
     @staticmethod
     def from_pretrained(
         pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
-        force_download: bool = False,
+        **hub_kwargs: Unpack[HubKwargs],
     ) -> DiffusionPerceptionModel:
         """Loads a saved task model (folder or Hub repo id) as the class its config names.
 
         Args:
             pretrained_model_name_or_path: Folder written by ``save_pretrained`` or Hub repo id.
-            revision: Branch, tag or commit sha of the Hub repo.
-            cache_dir: huggingface_hub cache folder.
-            local_files_only: Use the cache only (also implied by ``HF_HUB_OFFLINE=1``).
-            token: Hub token for private repos.
-            force_download: Download again even when cached.
+            **hub_kwargs: ``revision`` (branch, tag or commit sha), ``cache_dir``,
+                ``local_files_only`` (also implied by ``HF_HUB_OFFLINE=1``), ``token``,
+                ``force_download`` (``diffperception.hub.HubKwargs``).
 
         Raises:
             FileNotFoundError: Missing folder / repo / revision / weights, or offline without a
                 cached copy (the message names repo and revision and how to get them).
             ValueError: Invalid config, a config from a newer format, an unknown architecture.
+            TypeError: A keyword that is not a Hub keyword.
             RuntimeError: Missing, unexpected or mis-shaped tensors, or a truncated file.
+
+        Example:
+            >>> model = AutoDiffusionPerception.from_pretrained("org/name", revision="v1.0")
         """
-        return DiffusionPerceptionModel.from_pretrained(
-            pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
-            local_files_only=local_files_only, token=token, force_download=force_download)
+        return DiffusionPerceptionModel.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
 
     @staticmethod
     def from_config(

@@ -1,16 +1,8 @@
 """The task model base: a ``PyTorchModelHubMixin`` model that saves and loads strictly.
 
-What a saved task model folder (or Hub repository) holds::
-
-    config.json              the TaskConfig dict; backbone.revision pins the base model's commit
-    model.safetensors        the trunk (backbone.unet.*, backbone.vae.*, the prompt context or
-                             backbone.prompt.text_encoder.* when prompts vary) and the head
-                             (head.*), strictly loaded;
-                             sharded (model-0000k-of-0000n.safetensors + index) above 5 GB
-    backbone/                the base model's diffusers configs (model_index.json, unet/config.json,
-                             vae/config.json, scheduler/, tokenizer*/, text_encoder*/config.json),
-                             no weights: the trunk is rebuilt from them without the base repo
-    README.md                the generated model card
+The files of a saved model (``config.json``, ``model.safetensors``, ``backbone/``, ``README.md``)
+and the helpers that find, read and push them live in ``diffperception.modeling.hub_io``. State-dict keys read ``backbone.<component>.*``,
+``backbone.vae.*``, ``backbone.prompt.*`` and ``head.*``.
 
 ``save_pretrained(..., bundle_trunk=False)`` leaves the trunk and ``backbone/`` out:
 ``model.safetensors`` then holds only what is not in the base model (head, learned prompt, text
@@ -25,32 +17,35 @@ import os
 import shutil
 from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, Sequence, TypeVar
 
-import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from ..backbones.loading import ModelSource, read_tensors, resolve_source
 from ..config import CONFIG_FORMAT_VERSION, HeadConfig, TaskConfig
+from ..hub import is_hub_repo_id
+from .hub_io import (
+    BACKBONE_DIR,
+    CARD_NAME,
+    CONFIG_NAME,
+    backbone_config_files,
+    check_state_dict,
+    create_model_repo,
+    format_keys,
+    read_config,
+    resolve_model_folder,
+    saved_weight_files,
+    upload_model_folder,
+)
 from .registry import registered_name
 
 __all__ = [
     "DiffusionPerceptionModel",
     "SpecializedTaskModel",
     "migrate_format1_key",
-    "BACKBONE_DIR",
-    "WEIGHTS_NAME",
-    "resolve_model_folder",
-    "read_config",
-    "check_state_dict",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-CARD_NAME = "README.md"
-BACKBONE_DIR = "backbone"
 MAX_SHARD_SIZE = "5GB"
 # config_format 1 wrote the backbone's tensors at the top level; format 2 nests them.
 _FORMAT1_PREFIXES = (("unet.", "backbone.unet."), ("vae.", "backbone.vae."),
@@ -58,172 +53,7 @@ _FORMAT1_PREFIXES = (("unet.", "backbone.unet."), ("vae.", "backbone.vae."),
                      ("text_encoder_2.", "backbone.prompt.text_encoder_2."))
 _FORMAT1_NAMES = {"text_context": "backbone.prompt.context", "text_pooled": "backbone.prompt.pooled",
                   "prompt_embedding": "backbone.prompt.embedding"}
-_DOWNLOAD_PATTERNS = [CONFIG_NAME, "model*.safetensors", "model*.safetensors.index.json",
-                      CARD_NAME, f"{BACKBONE_DIR}/*"]
-# README.md: the base model's card, kept for its license.
-_BACKBONE_CONFIGS = ("model_index.json", "unet/config.json", "vae/config.json",
-                     "scheduler/scheduler_config.json", "README.md")
-_TEXT_SLOTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
-
 M = TypeVar("M", bound="DiffusionPerceptionModel")
-
-
-# ------------------------------------------------------------------------------------ folders
-
-def _looks_like_path(name: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)):
-        return True
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return True
-    return False
-
-
-def resolve_model_folder(
-    name_or_path: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    token: str | bool | None = None,
-    force_download: bool = False,
-) -> Path:
-    """The local folder of a saved task model: a folder as is, or a Hub repo's snapshot.
-
-    Raises:
-        FileNotFoundError: No such folder or repo (or private without a token), no such revision,
-            not cached while offline, or a folder without ``config.json``.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"{path} has no {CONFIG_NAME}: it is not a saved diffperception model. For a "
-                "diffusers model folder use DiffusionPerceptionForFeatureExtraction.from_diffusers."
-            )
-        return path
-    name = str(name_or_path)
-    if _looks_like_path(name):
-        raise FileNotFoundError(f"Local folder {name!r} does not exist (and it is no Hub repo id).")
-    return _snapshot(name, revision, cache_dir, local_files_only, token, force_download)
-
-
-def _snapshot(repo_id, revision, cache_dir, local_files_only, token, force_download) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                   local_files_only=local_files_only, force_download=force_download,
-                                   allow_patterns=_DOWNLOAD_PATTERNS)
-    except RepositoryNotFoundError as err:
-        raise FileNotFoundError(
-            f"Hub repository {repo_id!r} was not found, or it is private and no valid token was "
-            "given. Check the id, or pass token=... (or run `hf auth login`)."
-        ) from err
-    except RevisionNotFoundError as err:
-        raise FileNotFoundError(
-            f"Revision {revision!r} of {repo_id!r} does not exist; pass an existing branch, tag or "
-            "commit sha."
-        ) from err
-    except LocalEntryNotFoundError as err:
-        rev = revision or "main"
-        raise FileNotFoundError(
-            f"{repo_id!r} at revision {rev!r} is not in the local cache and the Hub may not be "
-            "contacted (HF_HUB_OFFLINE=1 or local_files_only=True, or no network). Download it once "
-            f"with network access: `hf download {repo_id} --revision {rev}` (or from_pretrained "
-            "without local_files_only), or pass a local folder."
-        ) from err
-    folder = Path(folder)
-    if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(
-            f"Hub repository {repo_id!r} (revision {revision or 'main'!r}) has no {CONFIG_NAME}: it "
-            "is not a diffperception task model."
-        )
-    return folder
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    """Reads ``config.json`` of a saved task model.
-
-    Raises:
-        ValueError: The file is not valid JSON or not an object.
-    """
-    path = Path(folder) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); re-save or re-download it.") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-    return data
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    single, index = folder / WEIGHTS_NAME, folder / WEIGHTS_INDEX_NAME
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} names shard(s) {missing} that are not in {folder}.")
-        return [folder / s for s in shards]
-    raise FileNotFoundError(
-        f"{folder} has neither {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}; a task model's weights are "
-        "saved as safetensors by save_pretrained."
-    )
-
-
-def _list(keys: Sequence[str], limit: int = 20) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def check_state_dict(expected: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor],
-                     where: str) -> None:
-    """Raises unless ``loaded`` has exactly the keys and shapes of ``expected``.
-
-    Raises:
-        RuntimeError: Listing the missing, unexpected and mis-shaped tensors by key.
-    """
-    missing = [k for k in expected if k not in loaded]
-    unexpected = [k for k in loaded if k not in expected]
-    shapes = [f"{k} (file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)})"
-              for k in expected if k in loaded and loaded[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing tensor(s): {_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensor(s): {_list(unexpected)}")
-    if shapes:
-        problems.append(f"mis-shaped tensor(s): {_list(shapes)}")
-    if problems:
-        raise RuntimeError(
-            f"{where} does not match the model its config.json describes: " + "; ".join(problems)
-            + ". The weights were saved from another model or config, or the files were edited; "
-            "save the model again with save_pretrained."
-        )
-
-
-def _backbone_files(folder: Path, keep_text_encoders: bool) -> dict[str, bytes]:
-    """The diffusers config files (never weights) a trunk is rebuilt from."""
-    names = [n for n in _BACKBONE_CONFIGS if (folder / n).is_file()]
-    for encoder, tokenizer in _TEXT_SLOTS:
-        if (folder / tokenizer).is_dir():
-            names += [f"{tokenizer}/{p.name}" for p in sorted((folder / tokenizer).iterdir())
-                      if p.is_file()]
-        if keep_text_encoders and (folder / encoder / "config.json").is_file():
-            names.append(f"{encoder}/config.json")
-    return {name: (folder / name).read_bytes() for name in names}
 
 
 # ----------------------------------------------------------------------------------- the base
@@ -429,14 +259,15 @@ class DiffusionPerceptionModel(
         from huggingface_hub import save_torch_state_dict
 
         # Read before writing: the model may have been loaded from this very folder.
-        configs = _backbone_files(self.source.folder, self._keeps_text_encoders()) \
+        configs = backbone_config_files(self.source.folder, self._keeps_text_encoders(),
+                                        self.backbone.family.component) \
             if bundle_trunk else {}
         state = self.state_dict()
         if not bundle_trunk:
             state = {k: v for k, v in state.items() if not k.startswith(self.trunk_prefixes)}
         meta = [k for k, v in state.items() if v.is_meta]
         if meta:
-            raise RuntimeError(f"Tensors {_list(meta)} have no values (meta device): load the "
+            raise RuntimeError(f"Tensors {format_keys(meta)} have no values (meta device): load the "
                                "weights before saving.")
         (save_directory / CONFIG_NAME).write_text(json.dumps(self.saved_config(), indent=2) + "\n")
         save_torch_state_dict(
@@ -477,33 +308,28 @@ class DiffusionPerceptionModel(
             The commit URL (a ``CommitInfo``: ``.oid`` is the commit sha).
 
         Raises:
-            ValueError: ``bundle_trunk=False`` with a base model that is a local folder.
+            ValueError: ``bundle_trunk=False`` with a base model that is no Hub repo (a local
+                folder or a source alias).
+            RuntimeError: The Hub refused the push (no token or no write access).
 
         Example:
             >>> model.push_to_hub("org/dift-sd21-features", private=True)
         """
-        from huggingface_hub import HfApi
         from huggingface_hub.utils import SoftTemporaryDirectory
 
-        if not bundle_trunk and Path(self.config.backbone.repo_id).expanduser().is_dir():
+        if not bundle_trunk and not is_hub_repo_id(self.config.backbone.repo_id):
             raise ValueError(
                 f"bundle_trunk=False pushes a model whose trunk must be read from its base repo, "
-                f"but the base is the local folder {self.config.backbone.repo_id!r}; push with "
+                f"but the base {self.config.backbone.repo_id!r} is no Hub repo; push with "
                 "bundle_trunk=True, or build the model from a Hub repo id."
             )
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+        repo_id = create_model_repo(repo_id, token=token, private=private)
         with SoftTemporaryDirectory() as tmp:
             folder = Path(tmp) / "model"
             self.save_pretrained(folder, bundle_trunk=bundle_trunk, max_shard_size=max_shard_size,
                                  metrics=metrics, license=license, model_id=repo_id)
-            return api.upload_folder(
-                repo_id=repo_id, folder_path=folder, commit_message=commit_message,
-                revision=branch, create_pr=create_pr,
-                # one commit that also drops files of an earlier push (old shards, backbone/)
-                delete_patterns=["model*.safetensors", "model*.safetensors.index.json",
-                                 f"{BACKBONE_DIR}/**"],
-            )
+            return upload_model_folder(folder, repo_id, token=token, commit_message=commit_message,
+                                       branch=branch, create_pr=create_pr)
 
     def generate_model_card(self, *args: Any, model_id: str | None = None,
                             metrics: Sequence[Any] | None = None, license: str | None = None,  # noqa: A002
@@ -598,7 +424,7 @@ class DiffusionPerceptionModel(
                                     revision=task_config.backbone.revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only, token=token)
             model = cls(task_config, source=source, load_weights=True)
-        model.load_saved_weights(_weight_files(folder), include_trunk=bundled,
+        model.load_saved_weights(saved_weight_files(folder), include_trunk=bundled,
                                  config_format=task_config.config_format)
         return model.eval()
 
@@ -629,7 +455,7 @@ class DiffusionPerceptionModel(
         self.load_state_dict(loaded, strict=include_trunk, assign=True)
         empty = [n for n, t in chain(self.named_parameters(), self.named_buffers()) if t.is_meta]
         if empty:
-            raise RuntimeError(f"After loading, tensors {_list(empty)} still have no values; the "
+            raise RuntimeError(f"After loading, tensors {format_keys(empty)} still have no values; the "
                                "saved model is incomplete.")
 
 

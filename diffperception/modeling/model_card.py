@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..hub import is_hub_repo_id
+
 __all__ = ["build_model_card", "default_usage", "image_size", "base_model_license", "KNOWN_LICENSES"]
 
 #: Licenses of well-known base models (their model cards' ``license`` field).
@@ -27,18 +29,6 @@ KNOWN_LICENSES: dict[str, str] = {
     "CompVis/stable-diffusion-v1-4": "creativeml-openrail-m",
     "google/ddpm-cifar10-32": "apache-2.0",
 }
-
-
-def _is_hub_id(repo_id: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if Path(repo_id).expanduser().exists() or repo_id.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return False
-    return "/" in repo_id
 
 
 def base_model_license(repo_id: str, folder: Path | None) -> str | None:
@@ -175,7 +165,7 @@ def _card_data(model, model_id: str, metrics, license: str | None):  # noqa: A00
     cfg = model.config
     family_tag = {"sd": "stable-diffusion", "pixel": "pixel-diffusion"}.get(cfg.backbone.family)
     tags = sorted(set((info.tags or []) + [t for t in (family_tag,) if t]))
-    base = cfg.backbone.repo_id if _is_hub_id(cfg.backbone.repo_id) else None
+    base = cfg.backbone.repo_id if is_hub_repo_id(cfg.backbone.repo_id) else None
     results = _eval_results(metrics)
     return ModelCardData(
         library_name=info.library_name, pipeline_tag=info.pipeline_tag, tags=tags,

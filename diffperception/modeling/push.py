@@ -1,7 +1,8 @@
 """``diffperception push FOLDER REPO_ID``: upload a saved task model folder in one commit.
 
 The folder is checked first (a valid ``config.json`` naming a registered task model, readable
-safetensors weights, the model card), so a broken folder never reaches the Hub.
+safetensors weights, the model card), so a broken folder never reaches the Hub. The upload is the
+one ``push_to_hub`` makes (``diffperception.modeling.hub_io.upload_model_folder``).
 
 Example:
     $ diffperception push out/ org/dift-sd21-features --private
@@ -28,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_saved_folder(folder: Path) -> list[Path]:
     """Checks that ``folder`` is a complete saved task model; returns its weight files.
 
+    Args:
+        folder: Folder written by ``save_pretrained``.
+
+    Returns:
+        Its weight files (``model.safetensors`` or every shard).
+
     Raises:
         FileNotFoundError: Missing folder, config, weights or model card.
         ValueError: Invalid config or unregistered architecture.
@@ -35,16 +42,16 @@ def check_saved_folder(folder: Path) -> list[Path]:
     """
     from ..backbones.loading import read_tensors
     from ..config import TaskConfig
-    from .base import CARD_NAME, _weight_files, read_config
+    from .hub_io import CARD_NAME, CONFIG_NAME, read_config, saved_weight_files
     from .registry import get_model_class
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; save the model with save_pretrained.")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: it is not a saved task model.")
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: it is not a saved task model.")
     get_model_class(TaskConfig.from_dict(read_config(folder)).architecture)
-    files = _weight_files(folder)
+    files = saved_weight_files(folder)
     for file in files:  # reads every tensor: a truncated file fails here, not after the upload
         read_tensors([file], None)
     if not (folder / CARD_NAME).is_file():
@@ -54,24 +61,11 @@ def check_saved_folder(folder: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Checks the folder and uploads it; prints the commit URL."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from .base import BACKBONE_DIR
+    from .hub_io import create_model_repo, upload_model_folder
 
     check_saved_folder(args.folder)
-    api = HfApi(token=args.token)
-    try:
-        repo_id = api.create_repo(args.repo_id, private=args.private or None, exist_ok=True).repo_id
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=args.folder, commit_message=args.commit_message,
-            revision=args.branch,
-            allow_patterns=["config.json", "model*.safetensors", "model*.safetensors.index.json",
-                            "README.md", f"{BACKBONE_DIR}/*"],
-            delete_patterns=["model*.safetensors", "model*.safetensors.index.json",
-                             f"{BACKBONE_DIR}/**"],
-        )
-    except HfHubHTTPError as err:
-        raise RuntimeError(f"The Hub refused the push to {args.repo_id!r}: {err}") from err
+    repo_id = create_model_repo(args.repo_id, token=args.token, private=args.private or None)
+    info = upload_model_folder(args.folder, repo_id, token=args.token,
+                               commit_message=args.commit_message, branch=args.branch)
     print(f"pushed {args.folder} to {repo_id} at commit {info.oid}: {info.commit_url}")
     return 0
