@@ -73,6 +73,10 @@ def _info(tap: Tap, value: torch.Tensor, image_hw: tuple[int, int], num_timestep
 class DiffusionBackbone(nn.Module):
     """A diffusion network, cut after the last tap, as a feature backbone.
 
+    The network and the VAE encoder are frozen (``requires_grad`` False) and in eval mode; a
+    learnable prompt is the one trainable tensor. Call ``backbone.network.requires_grad_(True)``
+    to fine-tune the trunk.
+
     Args:
         backbone: Which diffusion model (``config["backbone"]``).
         features: Taps, timesteps, noise and prompt (``config["features"]``).
@@ -129,13 +133,14 @@ class DiffusionBackbone(nn.Module):
         holder: dict[str, Any] = {}
         network = self.family.load_network(folder, lambda net: self._prune(net, holder), dtype,
                                            self.backbone_config.variant, load_weights=load_weights)
-        setattr(self, self.family.component, network.eval())
+        # frozen, as the methods use it; network.requires_grad_(True) fine-tunes it
+        setattr(self, self.family.component, network.eval().requires_grad_(False))
         self.taps, self.plan, self.feature_info = holder["taps"], holder["plan"], holder["info"]
         self.vae = None
         if _has_vae(self.model_index):
             vae = (load_vae_encoder(folder, dtype, self.backbone_config.variant) if load_weights
                    else _meta_vae(folder))
-            self.vae = vae.eval()
+            self.vae = vae.eval().requires_grad_(False)
         self.trunk = Trunk(network, self.family, self.taps, self.plan)
         encoders, tokenizers = {}, {}
         prompt = self.features.prompt

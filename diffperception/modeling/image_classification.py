@@ -97,7 +97,7 @@ class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
         feats = self.backbone(images, noise=noise, prompt=prompt, value_range=value_range)
         batch = next(iter(feats.values())).shape[0]
         if labels is not None:
-            labels = self._check_labels(labels.to(next(iter(feats.values())).device), batch)
+            labels = self._check_labels(labels, batch).to(next(iter(feats.values())).device)
         out = self.head(feats, labels=labels)
         return ImageClassifierOutput(loss=out.loss, logits=out.logits)
 
