@@ -433,8 +433,8 @@ class DiffusionBackbone(nn.Module):
         """Freezes timestep, prompt and noise into constants: a module of images only.
 
         Args:
-            size: ``(H, W)`` of the images the specialised module takes (default:
-                ``preprocess.size``).
+            size: ``(H, W)`` of the images the specialised module takes, in pixels (default:
+                ``preprocess.size``, else the network's native size).
             latent_input: Take latents instead of images (leaves the VAE encoder out).
             source_config: The task config dict recorded for export metadata.
 

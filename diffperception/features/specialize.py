@@ -95,10 +95,9 @@ def _check_specializable(backbone, size) -> tuple[int, int]:
         )
     if features.prompt.kind == "per_image":
         raise ValueError("Cannot specialize per-image prompts; use a fixed prompt.")
-    size = tuple(size or backbone.preprocess.size or ())
+    size = tuple(size or backbone.preprocess.size or backbone.native_size)
     if len(size) != 2:
-        raise ValueError("Cannot specialize without the image size: pass size=(H, W) or set "
-                         "preprocess.size.")
+        raise ValueError(f"size must be (H, W), got {size}.")
     if size[0] % backbone.size_multiple or size[1] % backbone.size_multiple:
         raise ValueError(f"size {size} must be a multiple of {backbone.size_multiple} in both sides.")
     return size

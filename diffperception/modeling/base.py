@@ -166,8 +166,8 @@ class DiffusionPerceptionModel(
         """Freezes timestep, prompt and noise into constants: a module of images only.
 
         Args:
-            size: ``(H, W)`` of the images the specialised module takes (default:
-                ``config.preprocess.size``).
+            size: ``(H, W)`` of the images the specialised module takes, in pixels (default:
+                ``config.preprocess.size``, else the network's native size).
             latent_input: Take latents instead of images (leaves the VAE encoder out).
 
         Returns:
