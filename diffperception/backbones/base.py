@@ -30,6 +30,7 @@ __all__ = [
     "list_families",
     "family_for_folder",
     "network_classes",
+    "list_components",
 ]
 
 _FAMILIES: dict[str, type["BackboneFamily"]] = {}
@@ -247,6 +248,11 @@ def network_classes() -> dict[str, str]:
     return {klass: fam.name for fam in _FAMILIES.values() for klass in fam.network_classes}
 
 
+def list_components() -> list[str]:
+    """The network folders of the registered families (``unet``, ``transformer``), sorted."""
+    return sorted({fam.component for fam in _FAMILIES.values()})
+
+
 def family_for_folder(folder: Path) -> type[BackboneFamily]:
     """The family that runs the network of a diffusers folder (by its ``_class_name``).
 
@@ -255,7 +261,7 @@ def family_for_folder(folder: Path) -> type[BackboneFamily]:
         ValueError: The network class is run by no registered family.
     """
     folder = Path(folder)
-    components = sorted({fam.component for fam in _FAMILIES.values()})
+    components = list_components()
     for component in components:
         path = folder / component / "config.json"
         if path.is_file():

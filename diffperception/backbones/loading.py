@@ -54,9 +54,9 @@ DIFFUSERS_PATTERNS: tuple[str, ...] = (
 
 def network_components() -> list[str]:
     """The network folders of the registered families (``["unet"]``, later ``"transformer"``)."""
-    from .base import _FAMILIES
+    from .base import list_components
 
-    return sorted({family.component for family in _FAMILIES.values()})
+    return list_components()
 
 
 def resolve_source(
