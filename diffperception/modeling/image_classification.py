@@ -103,15 +103,9 @@ class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
 
     def card_usage(self, model_id: str) -> str:
         """The usage snippet of the model card (runs as is)."""
-        from .model_card import image_size
+        from .model_card import default_usage
 
-        h, w = image_size(self)
-        return (
-            "import torch\n"
-            "from diffperception import AutoDiffusionPerception\n\n"
-            f"model = AutoDiffusionPerception.from_pretrained({model_id!r})\n"
-            f"images = torch.rand(1, 3, {h}, {w})  # (B, 3, H, W) RGB in [0, 1]\n"
+        return default_usage(self, model_id, body=(
             "with torch.no_grad():\n"
             "    logits = model(images).logits  # (B, num_labels)\n"
-            "print(model.id2label[int(logits.argmax(-1)[0])])\n"
-        )
+            "print(model.id2label[int(logits.argmax(-1)[0])])\n"))

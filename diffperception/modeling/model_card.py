@@ -54,20 +54,28 @@ def image_size(model) -> tuple[int, int]:
     return model.backbone.native_size
 
 
-def default_usage(model, model_id: str) -> str:
-    """A snippet that loads the model by ``model_id`` and runs it on a random image batch."""
+def default_usage(model, model_id: str, body: str | None = None) -> str:
+    """A snippet that loads the model by ``model_id`` and runs it on a random image batch.
+
+    Args:
+        model: The task model.
+        model_id: The repo id or folder the snippet loads.
+        body: The lines after the images are made (default: run the model under ``no_grad`` and
+            print each output's shape).
+    """
     h, w = image_size(model)
-    prompt = model.config.features.prompt
-    call = 'model(images, prompt=["a photo"])' if prompt.kind == "per_image" else "model(images)"
+    if body is None:
+        prompt = model.config.features.prompt
+        call = 'model(images, prompt=["a photo"])' if prompt.kind == "per_image" else "model(images)"
+        body = ("with torch.no_grad():\n"
+                f"    outputs = {call}\n"
+                "for name, value in outputs.items():  # {tap: (B, C, h, w)}\n"
+                "    print(name, tuple(value.shape))\n")
     return (
         "import torch\n"
         "from diffperception import AutoDiffusionPerception\n\n"
         f"model = AutoDiffusionPerception.from_pretrained({model_id!r})\n"
-        f"images = torch.rand(1, 3, {h}, {w})  # (B, 3, H, W) RGB in [0, 1]\n"
-        "with torch.no_grad():\n"
-        f"    outputs = {call}\n"
-        "for name, value in outputs.items():  # {tap: (B, C, h, w)}\n"
-        "    print(name, tuple(value.shape))\n"
+        f"images = torch.rand(1, 3, {h}, {w})  # (B, 3, H, W) RGB in [0, 1]\n" + body
     )
 
 
