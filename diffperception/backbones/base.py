@@ -23,6 +23,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..registry import Registry
+
 __all__ = [
     "BackboneFamily",
     "register_family",
@@ -33,7 +35,7 @@ __all__ = [
     "list_components",
 ]
 
-_FAMILIES: dict[str, type["BackboneFamily"]] = {}
+FAMILIES: Registry[type["BackboneFamily"]] = Registry("backbone family", "config['backbone']['family']")
 
 
 class BackboneFamily:
@@ -214,21 +216,12 @@ def register_family(name: str) -> Callable[[type[BackboneFamily]], type[Backbone
     Raises:
         ValueError: Another class is registered under ``name``.
     """
-
-    def wrap(cls: type[BackboneFamily]) -> type[BackboneFamily]:
-        existing = _FAMILIES.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"Backbone family {name!r} is already registered by {existing}.")
-        cls.name = name
-        _FAMILIES[name] = cls
-        return cls
-
-    return wrap
+    return FAMILIES.register(name)
 
 
 def list_families() -> list[str]:
     """Names of the registered backbone families, sorted."""
-    return sorted(_FAMILIES)
+    return FAMILIES.names()
 
 
 def get_family(name: str) -> type[BackboneFamily]:
@@ -237,20 +230,17 @@ def get_family(name: str) -> type[BackboneFamily]:
     Raises:
         ValueError: ``name`` is not registered (the message lists the registered ones).
     """
-    if name not in _FAMILIES:
-        raise ValueError(f"config['backbone']['family'] = {name!r} is invalid: one of "
-                         f"{list_families()}.")
-    return _FAMILIES[name]
+    return FAMILIES.get(name)
 
 
 def network_classes() -> dict[str, str]:
     """Every diffusers network class a registered family runs -> that family's name."""
-    return {klass: fam.name for fam in _FAMILIES.values() for klass in fam.network_classes}
+    return {klass: fam.name for fam in FAMILIES.values() for klass in fam.network_classes}
 
 
 def list_components() -> list[str]:
     """The network folders of the registered families (``unet``, ``transformer``), sorted."""
-    return sorted({fam.component for fam in _FAMILIES.values()})
+    return sorted({fam.component for fam in FAMILIES.values()})
 
 
 def family_for_folder(folder: Path) -> type[BackboneFamily]:
@@ -270,7 +260,7 @@ def family_for_folder(folder: Path) -> type[BackboneFamily]:
             if name not in classes:
                 raise ValueError(f"{folder / component} holds a {name}; diffperception runs "
                                  f"{sorted(classes)}.")
-            return _FAMILIES[classes[name]]
+            return FAMILIES.get(classes[name])
     raise FileNotFoundError(
         f"{folder} holds none of {[c + '/config.json' for c in components]}: it is not a "
         "diffusers model folder."

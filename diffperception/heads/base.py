@@ -8,7 +8,6 @@ and ``kwargs`` are the head config's arguments (plus arguments the task model su
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
@@ -19,10 +18,11 @@ from transformers.utils import ModelOutput
 
 from ..config import HeadConfig
 from ..features.taps import FeatureInfo
+from ..registry import Registry
 
 __all__ = ["Head", "HeadOutput", "register_head", "get_head_class", "list_heads", "build_head"]
 
-_HEADS: dict[str, type["Head"]] = {}
+HEADS: Registry[type["Head"]] = Registry("head", "config['head']['type']")
 
 
 @dataclass
@@ -87,21 +87,12 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
     Raises:
         ValueError: Another class is already registered under ``name``.
     """
-
-    def wrap(cls: type[Head]) -> type[Head]:
-        existing = _HEADS.get(name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ValueError(f"Head {name!r} is already registered by {existing}; pick another.")
-        cls.name = name
-        _HEADS[name] = cls
-        return cls
-
-    return wrap
+    return HEADS.register(name)
 
 
-def list_heads() -> list[str]:
-    """Names of the registered heads, sorted."""
-    return sorted(_HEADS)
+def list_heads(filter: str = "") -> list[str]:  # noqa: A002 - timm's name
+    """Names of the registered heads, sorted; ``filter`` is an fnmatch pattern."""
+    return HEADS.names(filter)
 
 
 def get_head_class(name: str) -> type[Head]:
@@ -110,12 +101,7 @@ def get_head_class(name: str) -> type[Head]:
     Raises:
         ValueError: ``name`` is not registered (with the closest names).
     """
-    if name not in _HEADS:
-        close = difflib.get_close_matches(str(name), list(_HEADS), n=3, cutoff=0.5)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"config['head']['type'] = {name!r} is not a registered head.{hint} "
-                         f"Registered: {list_heads()}.")
-    return _HEADS[name]
+    return HEADS.get(name)
 
 
 def _check_arguments(cls: type[Head], kwargs: Mapping[str, Any], supplied: Mapping[str, Any]

@@ -13,15 +13,18 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from typing import Callable, TypeVar, overload
+
+from ..registry import Registry
 
 __all__ = ["register_model", "list_models", "get_model_class", "registered_name"]
 
 T = TypeVar("T", bound=type)
 
-_MODELS: dict[str, type] = {}
+MODELS: Registry[type] = Registry(
+    "task model", "config['architecture']",
+    hint=" A config written by a newer diffperception may name a model this version lacks: "
+         "upgrade with `pip install -U diffperception`.")
 
 
 @overload
@@ -44,16 +47,7 @@ def register_model(cls: T | None = None, *, name: str | None = None):
     """
 
     def wrap(klass: T) -> T:
-        key = name or klass.__name__
-        existing = _MODELS.get(key)
-        if existing is not None and existing is not klass and (
-            existing.__module__, existing.__qualname__) != (klass.__module__, klass.__qualname__):
-            raise ValueError(
-                f"Task model name {key!r} is already registered by "
-                f"{existing.__module__}.{existing.__qualname__}; pick another name."
-            )
-        _MODELS[key] = klass
-        return klass
+        return MODELS.register(name or klass.__name__, set_name=False)(klass)
 
     return wrap(cls) if cls is not None else wrap
 
@@ -65,8 +59,7 @@ def list_models(filter: str = "") -> list[str]:  # noqa: A002 - timm's name
         >>> list_models()
         ['DiffusionPerceptionForFeatureExtraction', ...]
     """
-    names = sorted(_MODELS)
-    return [n for n in names if fnmatch.fnmatchcase(n, filter)] if filter else names
+    return MODELS.names(filter)
 
 
 def get_model_class(name: str) -> type:
@@ -75,15 +68,7 @@ def get_model_class(name: str) -> type:
     Raises:
         ValueError: ``name`` is not registered (the message lists the closest names).
     """
-    if name in _MODELS:
-        return _MODELS[name]
-    close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.8)
-    hint = f" Did you mean {close}?" if close else ""
-    raise ValueError(
-        f"config['architecture'] = {name!r} is not a registered task model.{hint} Registered: "
-        f"{list_models()}. A config written by a newer diffperception may name a model this "
-        "version lacks: upgrade with `pip install -U diffperception`."
-    )
+    return MODELS.get(name)
 
 
 def registered_name(cls: type) -> str:
@@ -92,10 +77,10 @@ def registered_name(cls: type) -> str:
     Raises:
         ValueError: ``cls`` is not registered (a saved model of it could not be loaded again).
     """
-    for key, value in _MODELS.items():
-        if value is cls:
-            return key
-    raise ValueError(
-        f"{cls.__module__}.{cls.__qualname__} is not a registered task model: decorate it with "
-        "@register_model so that from_pretrained can find it again."
-    )
+    key = MODELS.name_of(cls)
+    if key is None:
+        raise ValueError(
+            f"{cls.__module__}.{cls.__qualname__} is not a registered task model: decorate it "
+            "with @register_model so that from_pretrained can find it again."
+        )
+    return key

@@ -168,5 +168,6 @@ def test_family_must_match_the_folder(tiny_repos):
     with pytest.raises(ValueError, match=r"'pixel'-family network"):
         DiffusionBackbone(backbone, features, preprocess, source=source)
     backbone.family = "dit-like"
-    with pytest.raises(ValueError, match=r"config\['backbone'\]\['family'\] = 'dit-like' is invalid"):
+    with pytest.raises(ValueError, match=r"config\['backbone'\]\['family'\] = 'dit-like' is not a "
+                                         r"registered backbone family"):
         DiffusionBackbone(backbone, features, preprocess, source=source)
