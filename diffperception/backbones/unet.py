@@ -74,30 +74,34 @@ class FrozenTimeProjection(nn.Module):
 
 
 def adm_block_paths(unet: nn.Module) -> list[str]:
-    """Module paths of the ADM block numbering (1-based): resnet/attention units in order.
+    """Module paths of the ADM block numbering b = 1..N (the text-free paper, S001 §2.1).
 
-    Input blocks are conv_in, then each (resnet[, attention]) pair and each downsampler of the
-    down blocks; then the middle block; then each (resnet[, attention]) pair and upsampler of the
-    up blocks. A pair is named by its last module (the attention when there is one).
+    A block is one element of guided-diffusion's ``input_blocks`` / ``middle_block`` /
+    ``output_blocks``: ``conv_in``; each (resnet[, attention]) pair and each downsampler of the
+    down blocks; the middle block; then each (resnet[, attention]) pair of the up blocks, where the
+    last pair of a level and its upsampler are ONE block (guided-diffusion's output block that
+    ends a level contains the upsampling layer), named by the upsampler. A pair is named by its
+    last module (the attention when there is one). ADM-256 has 37 blocks (``METHODS.md`` §0.2).
     """
     paths = ["conv_in"]
 
-    def block_units(prefix: str, block: nn.Module, sampler: str) -> None:
+    def pairs(prefix: str, block: nn.Module) -> list[str]:
         resnets = getattr(block, "resnets", [])
         attentions = getattr(block, "attentions", None)
-        for i in range(len(resnets)):
-            has_attn = attentions is not None and i < len(attentions)
-            paths.append(f"{prefix}.attentions.{i}" if has_attn else f"{prefix}.resnets.{i}")
-        samplers = getattr(block, sampler, None)
-        if samplers is not None:
-            paths.extend(f"{prefix}.{sampler}.{j}" for j in range(len(samplers)))
+        return [f"{prefix}.attentions.{i}" if attentions is not None and i < len(attentions)
+                else f"{prefix}.resnets.{i}" for i in range(len(resnets))]
 
     for i, block in enumerate(unet.down_blocks):
-        block_units(f"down_blocks.{i}", block, "downsamplers")
+        paths += pairs(f"down_blocks.{i}", block)
+        samplers = getattr(block, "downsamplers", None) or []
+        paths += [f"down_blocks.{i}.downsamplers.{j}" for j in range(len(samplers))]
     if getattr(unet, "mid_block", None) is not None:
         paths.append("mid_block")
     for i, block in enumerate(unet.up_blocks):
-        block_units(f"up_blocks.{i}", block, "upsamplers")
+        units = pairs(f"up_blocks.{i}", block)
+        if getattr(block, "upsamplers", None):
+            units[-1] = f"up_blocks.{i}.upsamplers.0"  # the level's last block ends with it
+        paths += units
     return paths
 
 
