@@ -111,7 +111,7 @@ class BackboneFamily:
             with init_empty_weights():
                 network = cls.build_network(config)
             prune(network)
-            return network
+            return network.to(dtype)  # the saved tensors are cast to these dtypes on load
         files = find_component_weights(Path(folder) / cls.component, variant)
         return load_pruned(lambda: cls.build_network(config), prune, files, dtype)
 

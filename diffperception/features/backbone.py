@@ -139,7 +139,7 @@ class DiffusionBackbone(nn.Module):
         self.vae = None
         if _has_vae(self.model_index):
             vae = (load_vae_encoder(folder, dtype, self.backbone_config.variant) if load_weights
-                   else _meta_vae(folder))
+                   else _meta_vae(folder).to(dtype))
             self.vae = vae.eval().requires_grad_(False)
         self.trunk = Trunk(network, self.family, self.taps, self.plan)
         encoders, tokenizers = {}, {}
@@ -148,7 +148,7 @@ class DiffusionBackbone(nn.Module):
             encoders, tokenizers = load_text_stack(folder, self.model_index, dtype,
                                                    load_weights=load_weights)
         self.prompt = PromptConditioner(self.family, self.network_config, prompt, folder,
-                                        encoders, tokenizers)
+                                        encoders, tokenizers, dtype=dtype)
         self._noise_cache: dict[tuple, torch.Tensor] = {}
         for module in network.modules():  # K / V of a batch-1 context computed once per call
             if getattr(module, "is_cross_attention", False):

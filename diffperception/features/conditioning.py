@@ -75,10 +75,12 @@ class PromptConditioner(nn.Module):
         folder: The diffusers folder (tokenizer length for placeholders).
         encoders: Loaded (or meta) text encoders, ``{}`` for text-free families.
         tokenizers: Their tokenizers.
+        dtype: The network's dtype (of the context placeholders a saved model fills).
     """
 
     def __init__(self, family: type, network_config: dict[str, Any], prompt: PromptConfig,
-                 folder: Path, encoders: dict[str, nn.Module], tokenizers: dict[str, Any]) -> None:
+                 folder: Path, encoders: dict[str, nn.Module], tokenizers: dict[str, Any],
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.family, self.network_config, self.setting = family, network_config, prompt
         self.tokenizers = tokenizers
@@ -95,8 +97,8 @@ class PromptConditioner(nn.Module):
             context, pooled = family.encode_prompt([text], encoders, tokenizers, network_config)
         else:  # the values come from a saved task model: shapes only, on the meta device
             (length, width), pooled_dim = family.context_shape(folder, network_config)
-            context = torch.empty(1, length, width, device="meta")
-            pooled = torch.empty(1, pooled_dim, device="meta") if pooled_dim else None
+            context = torch.empty(1, length, width, device="meta", dtype=dtype)
+            pooled = torch.empty(1, pooled_dim, device="meta", dtype=dtype) if pooled_dim else None
         if prompt.kind == "learnable":
             self.embedding = nn.Parameter(context.float().clone())
         else:

@@ -110,6 +110,8 @@ def trunk_cost(model: nn.Module, size: tuple[int, int] | None = None) -> TrunkCo
     latent_hw = (size[0] // meta.vae_factor, size[1] // meta.vae_factor)
     context_shape, pooled = family.context_shape(meta.source.folder, config)
     sample, timesteps, context, added = family.meta_inputs(config, latent_hw, context_shape, pooled)
+    # counted in float32: FLOPs do not depend on the dtype
+    meta = meta.float()
     with init_empty_weights():
         full = family.build_network(config)
     if context is None:
