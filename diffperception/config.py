@@ -30,6 +30,7 @@ CONFIG_FORMAT_VERSION = 2
 
 DTYPES = ("float32", "float16", "bfloat16")
 NOISE_KINDS = ("fixed", "random", "none", "ddim_inversion")
+POSTERIORS = ("mean", "sample")
 PROMPT_KINDS = ("null", "fixed", "per_image", "learnable")
 RESIZE_MODES = ("bicubic", "bilinear", "nearest")
 CROP_MODES = ("center", "none")
@@ -101,12 +102,16 @@ class NoiseConfig:
         seed: Seed of the fixed noise.
         ensemble: Number of noise draws averaged (DIFT's ensemble), in one batched forward.
         inversion_steps: DDIM steps from the clean latent to the timestep (``ddim_inversion``).
+        posterior: ``z_0`` from the VAE posterior: ``"mean"`` (default) or ``"sample"`` (a
+            posterior sample, as DIFT, generic-diffusion-feature and Discffusion take it: seeded
+            and fixed for ``kind="fixed"``, fresh every call otherwise).
     """
 
     kind: str = "fixed"
     seed: int = 0
     ensemble: int = 1
     inversion_steps: int = 10
+    posterior: str = "mean"
 
     def validate(self) -> None:
         if self.kind not in NOISE_KINDS:
@@ -120,6 +125,8 @@ class NoiseConfig:
                   f"noise kind {self.kind!r} is deterministic, so the ensemble must be 1")
         if not isinstance(self.inversion_steps, int) or self.inversion_steps < 1:
             _fail("features.noise", "inversion_steps", self.inversion_steps, "an integer >= 1")
+        if self.posterior not in POSTERIORS:
+            _fail("features.noise", "posterior", self.posterior, f"one of {POSTERIORS}")
 
 
 @dataclass

@@ -29,11 +29,8 @@ __all__ = [
     "find_component_weights",
     "load_text_stack",
     "network_components",
-    "load_vae_encoder",
     "load_text_encoder",
     "load_tokenizer",
-    "load_alphas_cumprod",
-    "VaeEncoder",
 ]
 
 #: The text-encoder slots of a diffusers folder, ``(encoder folder, tokenizer folder)``: SD 1.x /
@@ -165,51 +162,6 @@ def load_pruned(
     return module
 
 
-class VaeEncoder(nn.Module):
-    """The encoder half of an ``AutoencoderKL``: image in [-1, 1] to scaled latent mean.
-
-    Keeps diffusers' module names (``encoder.*``, ``quant_conv.*``) so the saved keys read
-    ``vae.encoder.conv_in.weight`` as in the original checkpoint.
-    """
-
-    def __init__(self, encoder: nn.Module, quant_conv: nn.Module | None, scaling_factor: float,
-                 shift_factor: float | None = None, downsample_factor: int = 8) -> None:
-        super().__init__()
-        self.downsample_factor = int(downsample_factor)
-        self.encoder = encoder
-        self.quant_conv = quant_conv
-        self.scaling_factor = float(scaling_factor)
-        self.shift_factor = float(shift_factor) if shift_factor is not None else 0.0
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(images)  # (B, 2C, H/8, W/8)
-        if self.quant_conv is not None:
-            h = self.quant_conv(h)
-        mean = h.chunk(2, dim=1)[0]  # (B, C, H/8, W/8): the posterior mean
-        return (mean - self.shift_factor) * self.scaling_factor
-
-
-def vae_encoder_from(vae: nn.Module, config: dict[str, Any]) -> VaeEncoder:
-    """Takes the encoder half out of an ``AutoencoderKL`` (the decoder is dropped)."""
-    factor = 2 ** (len(config.get("block_out_channels", (0, 0, 0, 0))) - 1)
-    return VaeEncoder(vae.encoder, getattr(vae, "quant_conv", None),
-                      config.get("scaling_factor", 0.18215), config.get("shift_factor"), factor)
-
-
-def load_vae_encoder(folder: Path, dtype: torch.dtype, variant: str | None = None) -> VaeEncoder:
-    """Loads the VAE encoder (never the decoder) of a latent diffusion model."""
-    from diffusers import AutoencoderKL
-
-    config = json.loads((folder / "vae" / "config.json").read_text())
-    files = find_weight_files(folder / "vae", "diffusion_pytorch_model", variant=variant)
-
-    def build() -> nn.Module:
-        vae = AutoencoderKL.from_config(config)
-        return vae_encoder_from(vae, config)
-
-    return load_pruned(build, lambda m: None, files, dtype)
-
-
 def load_text_encoder(folder: Path, subfolder: str, class_name: str, dtype: torch.dtype) -> nn.Module:
     """Loads a CLIP text encoder with transformers (safetensors only, no remote code)."""
     import transformers
@@ -227,24 +179,6 @@ def load_tokenizer(folder: Path, subfolder: str):
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(folder / subfolder))
-
-
-def load_alphas_cumprod(folder: Path) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Returns the scheduler's ``alphas_cumprod`` (float64 on CPU) and its config."""
-    from diffusers import DDPMScheduler
-
-    sched_dir = folder / "scheduler"
-    if not (sched_dir / "scheduler_config.json").is_file():
-        raise FileNotFoundError(
-            f"{sched_dir / 'scheduler_config.json'} is missing; the noise schedule is needed to "
-            "noise the latent."
-        )
-    config = json.loads((sched_dir / "scheduler_config.json").read_text())
-    keep = {k: v for k, v in config.items()
-            if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                     "trained_betas", "rescale_betas_zero_snr")}
-    scheduler = DDPMScheduler.from_config(keep)
-    return scheduler.alphas_cumprod.to(torch.float64), config
 
 
 def find_component_weights(folder: Path, variant: str | None = None) -> list[Path]:

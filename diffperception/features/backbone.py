@@ -19,14 +19,9 @@ import torch
 from torch import nn
 
 from ..backbones import family_for_folder, get_family
-from ..backbones.loading import (
-    ModelSource,
-    load_alphas_cumprod,
-    load_text_stack,
-    load_vae_encoder,
-    read_model_index,
-    resolve_source,
-)
+from ..backbones.loading import ModelSource, load_text_stack, read_model_index, resolve_source
+from ..backbones.schedule import load_schedule
+from ..backbones.vae import load_vae_encoder, meta_vae_encoder
 from ..config import BackboneConfig, FeaturesConfig, NoiseConfig, PreprocessConfig
 from . import noise as noise_ops
 from .attention import install_processor
@@ -127,8 +122,9 @@ class DiffusionBackbone(nn.Module):
         self.network_config = self.family.read_config(folder)
         self.model_index = read_model_index(folder)
         self.vae_factor = _vae_factor(folder, self.model_index)
-        alphas, self.scheduler_config = load_alphas_cumprod(folder)
-        self.register_buffer("alphas_cumprod", alphas.float(), persistent=False)
+        schedule = load_schedule(folder)
+        self.scheduler_config, self.prediction_type = schedule.config, schedule.prediction_type
+        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float(), persistent=False)
         self.check_timesteps(self.features.timesteps)
         holder: dict[str, Any] = {}
         network = self.family.load_network(folder, lambda net: self._prune(net, holder), dtype,
@@ -139,7 +135,7 @@ class DiffusionBackbone(nn.Module):
         self.vae = None
         if _has_vae(self.model_index):
             vae = (load_vae_encoder(folder, dtype, self.backbone_config.variant) if load_weights
-                   else _meta_vae(folder).to(dtype))
+                   else meta_vae_encoder(folder, dtype))
             self.vae = vae.eval().requires_grad_(False)
         self.trunk = Trunk(network, self.family, self.taps, self.plan)
         encoders, tokenizers = {}, {}
@@ -295,8 +291,26 @@ class DiffusionBackbone(nn.Module):
         return scale_range(x, self.preprocess.range).to(self.dtype)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Clean latent ``z_0``: VAE posterior mean times scaling factor, or the pixels."""
-        return self.vae(x) if self.vae is not None else x
+        """Clean latent ``z_0`` ``(B, C, h, w)``: the VAE's normalised posterior mean (or a
+        posterior sample, ``noise.posterior="sample"``), or the pixels of a pixel model."""
+        if self.vae is None:
+            return x
+        if self.features.noise.posterior == "mean":
+            return self.vae(x)
+        shape = (self.vae_latent_channels, x.shape[-2] // self.vae_factor,
+                 x.shape[-1] // self.vae_factor)
+        if self.features.noise.kind == "fixed":
+            key = ("posterior", shape, x.dtype, x.device)
+            if key not in self._noise_cache:
+                self._noise_cache[key] = noise_ops.posterior_noise(
+                    self.features.noise.seed, shape, dtype=x.dtype).to(x.device)
+            return self.vae(x, self._noise_cache[key])
+        return self.vae(x, torch.randn((x.shape[0], *shape), device=x.device, dtype=x.dtype))
+
+    @property
+    def vae_latent_channels(self) -> int:
+        """Channels of the VAE latent (the network's input channels)."""
+        return int(self.network_config.get("in_channels", 4))
 
     def check_timesteps(self, timesteps: Sequence[int]) -> list[int]:
         """The timesteps, checked against the scheduler's range.
@@ -349,8 +363,11 @@ class DiffusionBackbone(nn.Module):
         def predict(x, t):
             if self.family.text_conditioned:
                 ctx = context.expand(x.shape[0], -1, -1)
-                return self.network(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
-            return self.network(x, t).sample
+                out = self.network(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
+            else:
+                out = self.network(x, t).sample
+            abar = self.alphas_cumprod.to(x.device)[t].to(x.dtype).view(-1, 1, 1, 1)
+            return noise_ops.predicted_noise(out[:, : x.shape[1]], x, abar, self.prediction_type)
 
         return noise_ops.ddim_invert(latent, timestep, self.features.noise.inversion_steps,
                                      self.alphas_cumprod.double(), predict)
@@ -449,16 +466,3 @@ class DiffusionBackbone(nn.Module):
 
         return specialize_backbone(self, size=size, latent_input=latent_input,
                                    source_config=source_config)
-
-
-def _meta_vae(folder: Path) -> nn.Module:
-    import json
-
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL
-
-    from ..backbones.loading import vae_encoder_from
-
-    config = json.loads((folder / "vae" / "config.json").read_text())
-    with init_empty_weights():
-        return vae_encoder_from(AutoencoderKL.from_config(config), config)

@@ -11,7 +11,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["fixed_noise", "add_noise", "check_noise", "ddim_invert", "flatten_batch", "reduce_draws"]
+#: Offset between the seed of the diffusion noise and that of a fixed posterior sample.
+POSTERIOR_SEED_OFFSET = 7919
+
+__all__ = ["predicted_noise", "posterior_noise", "fixed_noise", "add_noise", "check_noise", "ddim_invert", "flatten_batch", "reduce_draws"]
 
 
 def fixed_noise(seed: int, num_timesteps: int, ensemble: int, latent_shape: tuple[int, ...],
@@ -20,6 +23,41 @@ def fixed_noise(seed: int, num_timesteps: int, ensemble: int, latent_shape: tupl
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     shape = (num_timesteps, ensemble, 1, *latent_shape)
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype)
+
+
+def posterior_noise(seed: int, latent_shape: tuple[int, ...], *,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Seeded noise ``(1, C, h, w)`` of a fixed VAE posterior sample, shared by a batch.
+
+    Drawn from its own generator (seed ``seed + POSTERIOR_SEED_OFFSET``), so it is independent of
+    the diffusion noise of the same seed.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(int(seed) + POSTERIOR_SEED_OFFSET)
+    return torch.randn((1, *latent_shape), generator=generator, dtype=torch.float32).to(dtype)
+
+
+def predicted_noise(output: torch.Tensor, sample: torch.Tensor, abar: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
+    """The noise ``eps`` a network output stands for, as diffusers' schedulers read it.
+
+    Args:
+        output: The network's output for ``sample`` ``(N, C, h, w)``.
+        sample: The noisy input ``z_t``.
+        abar: ``abar_t`` per sample, broadcastable (``(N, 1, 1, 1)`` or a scalar).
+        prediction_type: ``"epsilon"`` (output is eps), ``"v_prediction"`` (output is
+            ``v = sqrt(abar) eps - sqrt(1 - abar) z_0``) or ``"sample"`` (output is ``z_0``).
+
+    Raises:
+        ValueError: Another prediction type.
+    """
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * output + (1 - abar).sqrt() * sample
+    if prediction_type == "sample":
+        return (sample - abar.sqrt() * output) / (1 - abar).sqrt()
+    raise ValueError(f"prediction_type {prediction_type!r} is not one of 'epsilon', "
+                     "'v_prediction', 'sample'.")
 
 
 def check_noise(noise: torch.Tensor, num_timesteps: int, ensemble: int,
@@ -83,7 +121,8 @@ def ddim_invert(latent: torch.Tensor, timestep: int, steps: int, alphas_cumprod:
         timestep: Target timestep.
         steps: Number of inversion steps.
         alphas_cumprod: The scheduler's ``abar`` table.
-        predict_noise: ``(x (B, C, h, w), t (B,)) -> eps`` with the full U-Net.
+        predict_noise: ``(x (B, C, h, w), t (B,)) -> eps`` with the full network (an output of
+            another prediction type converted by ``predicted_noise``).
 
     Returns:
         The inverted latent at ``timestep`` ``(B, C, h, w)``.

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .attention import install_processor
-from .noise import add_noise, fixed_noise, reduce_draws
+from .noise import add_noise, fixed_noise, posterior_noise, reduce_draws
 from .preprocess import scale_range
 from .trunk import Trunk
 
@@ -61,10 +61,12 @@ class SpecializedBackbone(nn.Module):
     def __init__(self, network: nn.Module, vae: nn.Module | None, trunk: Trunk,
                  noise: torch.Tensor, alphas: torch.Tensor, *, value_range: list[float],
                  num_timesteps: int, ensemble: int, size: tuple[int, int], latent_input: bool,
-                 source_config: dict[str, Any], component: str = "unet") -> None:
+                 source_config: dict[str, Any], component: str = "unet",
+                 posterior_noise: torch.Tensor | None = None) -> None:
         super().__init__()
         setattr(self, component, network)
         self.vae, self.trunk = vae, trunk
+        self.register_buffer("posterior_noise", posterior_noise)  # (1, C, h, w) or None
         self.register_buffer("noise", noise)  # (T, E, 1, C, h, w)
         self.register_buffer("alphas", alphas)  # (T,) abar_t
         self.value_range = [float(v) for v in value_range]
@@ -79,7 +81,7 @@ class SpecializedBackbone(nn.Module):
             latent = images  # (B, C, h, w)
         else:
             x = scale_range(images, self.value_range)  # (B, 3, H, W) in the model's range
-            latent = self.vae(x) if self.vae is not None else x
+            latent = self.vae(x, self.posterior_noise) if self.vae is not None else x
         z = add_noise(latent, self.noise, self.alphas)  # (T, E, B, C, h, w)
         feats = self.trunk(z.reshape(-1, *latent.shape[1:]), None)  # (T*E*B, C, h, w) in
         return {name: reduce_draws(feats[name], self.num_timesteps, self.ensemble, batch)
@@ -150,9 +152,13 @@ def specialize_backbone(backbone, *, size: tuple[int, int] | None = None,
         noise = torch.zeros(T, E, 1, channels, *latent_hw, dtype=dtype)
         alphas = torch.ones(T, dtype=dtype)
     vae = None if latent_input or backbone.vae is None else copy.deepcopy(backbone.vae)
+    posterior = None
+    if vae is not None and features.noise.posterior == "sample":
+        posterior = posterior_noise(features.noise.seed, (channels, *latent_hw), dtype=dtype)
+        posterior = posterior.to(device)
     return SpecializedBackbone(
         network, vae, trunk, noise.to(device), alphas.to(device),
         value_range=backbone.preprocess.range, num_timesteps=T, ensemble=E, size=size,
         latent_input=latent_input, source_config=source_config or {},
-        component=family.component,
+        component=family.component, posterior_noise=posterior,
     ).eval()
