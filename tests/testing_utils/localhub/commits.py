@@ -155,5 +155,3 @@ class CommitsMixin:
             repo.tags[tag] = {"oid": self._resolve(repo, arg), "message": payload.get("message") or ""}
         self._save(repo)
         req.send_json({})
-
-    # -- LFS -------------------------------------------------------------------------

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 
 class HubHTTPServer(http.server.ThreadingHTTPServer):
+    """One port of a LocalHub: ``role`` ``"api"`` (the Hub API) or ``"cdn"`` (LFS downloads)."""
+
     daemon_threads = True
     allow_reuse_address = True
 
@@ -61,6 +63,8 @@ class HubHTTPServer(http.server.ThreadingHTTPServer):
 
 
 class RequestHandler(http.server.BaseHTTPRequestHandler):
+    """Reads a request, hands it to the hub, and answers errors as the Hub does."""
+
     protocol_version = "HTTP/1.1"
     server_version = "LocalHub/1.0"
     timeout = 60  # idle keep-alive connections are dropped after this many seconds

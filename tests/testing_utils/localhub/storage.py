@@ -116,6 +116,8 @@ def require_method(method: str, *allowed: str) -> None:
 
 
 class Repo:
+    """One repo's whole history: commits (immutable snapshots), branches, tags, LFS objects."""
+
     def __init__(self, repo_type: str, repo_id: str, private: bool, created_at: str, uid: str):
         self.repo_type = repo_type
         self.repo_id = repo_id
@@ -252,5 +254,3 @@ class StorageMixin:
             if parent is None or view(commit) != view(parent):
                 return {"id": commit["oid"], "title": commit["title"], "date": commit["date"]}
         return {"id": oid, "title": "", "date": now_iso()}
-
-    # -- JSON views ----------------------------------------------------------------
