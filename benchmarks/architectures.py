@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffperception.diffusers_folder import DiffusersFolderWriter
 
 __all__ = ["Architecture", "ARCHITECTURES", "get_architecture", "materialize"]
 
@@ -177,76 +180,36 @@ def _build_folder(arch: Architecture, folder: Path) -> None:
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from diffperception.diffusers_folder import DiffusersFolderWriter
+
+    pipeline = "StableDiffusionXLPipeline" if arch.is_sdxl else "StableDiffusionPipeline"
+    writer = DiffusersFolderWriter(folder, pipeline)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(arch.unet)
-    unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
-    del unet
+    writer.add("unet", UNet2DConditionModel.from_config(arch.unet))  # freed before the next part
     torch.manual_seed(1)
-    AutoencoderKL.from_config(arch.vae).save_pretrained(str(folder / "vae"), safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                  beta_schedule="scaled_linear").save_pretrained(str(folder / "scheduler"))
-    index: dict[str, Any] = {
-        "_class_name": "StableDiffusionXLPipeline" if arch.is_sdxl else "StableDiffusionPipeline",
-        "_diffusers_version": "0.42.1",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-    }
+    writer.add("vae", AutoencoderKL.from_config(arch.vae))
+    writer.add("scheduler", DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085,
+                                          beta_end=0.012, beta_schedule="scaled_linear"))
     slots = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
     for i, (text_config, (enc_name, tok_name)) in enumerate(zip(arch.text, slots)):
         with_projection = arch.is_sdxl and i == len(arch.text) - 1
-        _save_text_encoder(folder, enc_name, tok_name, text_config, with_projection, seed=2 + i)
-        cls = "CLIPTextModelWithProjection" if with_projection else "CLIPTextModel"
-        index[enc_name] = ["transformers", cls]
-        index[tok_name] = ["transformers", "CLIPTokenizer"]
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+        _add_text_encoder(writer, enc_name, tok_name, text_config, with_projection, seed=2 + i)
+    writer.write_index()
 
 
-def _save_text_encoder(folder: Path, enc_name: str, tok_name: str, config: dict[str, Any],
-                       with_projection: bool, seed: int) -> None:
+def _add_text_encoder(writer: DiffusersFolderWriter, enc_name: str, tok_name: str, config: dict[str, Any],
+                      with_projection: bool, seed: int) -> None:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    tokenizer = save_char_tokenizer(folder / tok_name, max_length=77)
+    from diffperception.diffusers_folder import save_char_tokenizer
+
+    tokenizer = save_char_tokenizer(writer.folder / tok_name, max_length=77)
+    writer.add(tok_name, tokenizer, save=False)
     text_config = CLIPTextConfig(
         vocab_size=max(49408, len(tokenizer)), max_position_embeddings=77,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **config)
     torch.manual_seed(seed)
     cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
-    cls(text_config).save_pretrained(str(folder / enc_name), safe_serialization=True)
-
-
-def _byte_chars() -> list[str]:
-    """The 256 printable characters byte-level BPE maps bytes to (GPT-2's table)."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
-            + list(range(ord("\xae"), ord("\xff") + 1)))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def save_char_tokenizer(folder: Path, max_length: int = 77):
-    """Saves (and returns) a CLIP tokenizer with a character-level vocabulary (no merges)."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_chars()
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab[c] = len(vocab)
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                              model_max_length=max_length)
-    tokenizer.save_pretrained(str(folder))
-    return tokenizer
+    writer.add(enc_name, cls(text_config))

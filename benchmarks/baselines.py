@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .scenario import Scenario
 
-__all__ = ["FullForward", "BlockCutEager", "make_inputs", "input_shape", "DTYPES"]
+__all__ = ["FullForward", "BlockCutEager", "hook_modules", "make_inputs", "input_shape", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -46,26 +46,79 @@ def make_inputs(s: Scenario, folder: Path) -> torch.Tensor:
     return x.to(s.device, DTYPES[s.precision])
 
 
+class _AttentionProbsHook:
+    """Captures an ``Attention`` module's probabilities; ``remove()`` restores the module."""
+
+    def __init__(self, module: torch.nn.Module, name: str, store: dict[str, torch.Tensor]) -> None:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        self.module, self.processor = module, module.processor
+        module.set_processor(AttnProcessor())  # the classic processor computes probabilities
+        original = module.get_attention_scores
+
+        def scores(query, key, attention_mask=None):
+            probs = original(query, key, attention_mask)  # (B*heads, Q, K)
+            store[name] = probs.view(-1, module.heads, *probs.shape[1:])  # (B, heads, Q, K)
+            return probs
+
+        module.get_attention_scores = scores
+
+    def remove(self) -> None:
+        del self.module.get_attention_scores  # back to the class's method
+        self.module.set_processor(self.processor)
+
+
+def hook_modules(model: torch.nn.Module,
+                 taps: Iterable[tuple[str, str, str]]) -> tuple[dict[str, torch.Tensor], list]:
+    """Hooks the tapped modules of a FULL diffusers model: the reference for every feature.
+
+    Diffusers' own forward runs unchanged; forward hooks copy what the tapped modules see. This
+    uses torch hooks and diffusers only (no code of the package's trunk), so it is an independent
+    reference for the trunk's outputs. The tests use it too (``tests/testing_utils/reference.py``).
+
+    Args:
+        model: The diffusers model (``UNet2DConditionModel``, ``UNet2DModel``...).
+        taps: ``(name, module path, kind)`` triples; kind ``"out"`` (the module's output),
+            ``"in"`` (its first input) or ``"attn"`` (an ``Attention`` module's probabilities,
+            ``(B, heads, Q, K)``; its processor is the classic one while hooked).
+
+    Returns:
+        ``(store, handles)``: ``store`` maps each name to the tensor of the last forward;
+        ``handle.remove()`` on each handle restores the model.
+
+    Raises:
+        ValueError: Unknown tap kind.
+    """
+    store: dict[str, torch.Tensor] = {}
+    handles: list = []
+    modules = dict(model.named_modules())
+    for name, path, kind in taps:
+        module = modules[path]
+        if kind == "attn":
+            handles.append(_AttentionProbsHook(module, name, store))
+        elif kind == "in":
+            def pre(mod, args, kwargs, _name=name):
+                store[_name] = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        elif kind == "out":
+            def post(mod, args, out, _name=name):
+                store[_name] = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+            handles.append(module.register_forward_hook(post))
+        else:
+            raise ValueError(f"Tap {name!r}: unknown kind {kind!r}; use 'out', 'in' or 'attn'.")
+    return store, handles
+
+
 def _hook_taps(unet: torch.nn.Module, taps: tuple[str, ...]) -> tuple[dict, list]:
-    """Forward hooks on the tapped modules (``:out`` and ``:in`` taps)."""
+    """The reference hooks on a scenario's taps (``:out`` and ``:in`` taps only)."""
     from diffperception.features.taps import resolve_taps
 
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-    modules = dict(unet.named_modules())
-    for tap in resolve_taps(list(taps), unet):
+    resolved = resolve_taps(list(taps), unet)
+    for tap in resolved:
         if tap.kind == "attn":
             raise ValueError(f"Tap {tap.name!r}: the baselines hook module outputs and inputs only; "
                              "':attn' taps are not benchmarked.")
-        if tap.kind == "in":
-            def pre(mod, args, kwargs, _name=tap.name):
-                store[_name] = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-            handles.append(modules[tap.path].register_forward_pre_hook(pre, with_kwargs=True))
-        else:
-            def post(mod, args, out, _name=tap.name):
-                store[_name] = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
-            handles.append(modules[tap.path].register_forward_hook(post))
-    return store, handles
+    return hook_modules(unet, [(tap.name, tap.path, tap.kind) for tap in resolved])
 
 
 class _Components:

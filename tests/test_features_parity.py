@@ -7,6 +7,7 @@ import torch
 
 from diffperception import DiffusionPerceptionForFeatureExtraction
 from diffperception.features.taps import parse_tap
+from testing_utils.reference import hook_full_unet as _hook_full_unet
 
 TOL = 1e-5
 
@@ -52,37 +53,6 @@ def _reference_inputs(pipe, kind: str, images: torch.Tensor, prompt: str):
         embeds, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
         cond = {"encoder_hidden_states": embeds.expand(batch, -1, -1)}
     return latent, cond
-
-
-def _hook_full_unet(unet, taps: list[str]):
-    """Registers hooks on the FULL diffusers U-Net; returns (store, handles)."""
-    from diffusers.models.attention_processor import AttnProcessor
-
-    from diffperception.features.taps import resolve_taps
-
-    store, handles = {}, []
-    modules = dict(unet.named_modules())
-    for tap in resolve_taps(taps, unet):
-        module = modules[tap.path]
-        if tap.kind == "attn":
-            module.set_processor(AttnProcessor())  # the classic processor computes probabilities
-            original = module.get_attention_scores
-
-            def scores(q, k, mask=None, _orig=original, _name=tap.name, _heads=module.heads):
-                probs = _orig(q, k, mask)  # (B*heads, Q, K)
-                store[_name] = probs.view(-1, _heads, *probs.shape[1:])
-                return probs
-
-            module.get_attention_scores = scores
-        elif tap.kind == "in":
-            def pre(mod, args, kwargs, _name=tap.name):
-                store[_name] = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        else:
-            def post(mod, args, out, _name=tap.name):
-                store[_name] = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
-            handles.append(module.register_forward_hook(post))
-    return store, handles
 
 
 @torch.no_grad()

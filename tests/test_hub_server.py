@@ -1,4 +1,4 @@
-"""The real ``huggingface_hub`` client against ``LocalHub`` (tests/hub_server.py), over HTTP.
+"""The real ``huggingface_hub`` client against ``LocalHub`` (testing_utils/localhub), over HTTP.
 
 No mocking: the server runs in a background thread of this process and the client runs
 in a subprocess whose environment comes from ``apply_client_env`` (``HF_ENDPOINT`` & co.
@@ -21,10 +21,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from tests.hub_server import CLIENT_ENV_UNSET, LocalHub, apply_client_env, configure_client_env
-except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
-    from hub_server import CLIENT_ENV_UNSET, LocalHub, apply_client_env, configure_client_env
+from testing_utils.localhub import CLIENT_ENV_UNSET, LocalHub, apply_client_env, configure_client_env
 
 ALICE = "hf_test_alice_token"
 BOB = "hf_test_bob_token"

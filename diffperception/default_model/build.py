@@ -190,25 +190,15 @@ def save_model(out: str | Path, unet, text_encoder, tokenizer, scheduler) -> Pat
     Returns:
         The folder as a ``Path``.
     """
-    import diffusers
+    from diffperception.diffusers_folder import DiffusersFolderWriter
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(out / "tokenizer")
-    write_bpe_files(out / "tokenizer")  # for slow-tokenizer (transformers 4.x) loading
-    scheduler.save_pretrained(out / "scheduler")
-    index = {
-        "_class_name": "DiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return out
+    writer = DiffusersFolderWriter(out, "DiffusionPipeline")
+    writer.add("unet", unet)
+    writer.add("text_encoder", text_encoder)
+    writer.add("tokenizer", tokenizer)
+    write_bpe_files(Path(out) / "tokenizer")  # for slow-tokenizer (transformers 4.x) loading
+    writer.add("scheduler", scheduler)
+    return writer.write_index()
 
 
 def load_model(path: str | Path | None = None) -> dict[str, Any]:
