@@ -5,31 +5,26 @@ Example:
     >>> model = DiffusionPerceptionForFeatureExtraction.from_diffusers(
     ...     "stabilityai/stable-diffusion-2-1", taps=["up_ft.1"], timesteps=[261])
     >>> feats = model(images)  # {"up_ft.1": (B, 1280, H/16, W/16)}
+
+The public names are imported on first use, so that ``import diffperception.deploy`` (the
+torch-free deployment kit) and ``diffperception --help`` never import torch.
 """
 
 from __future__ import annotations
 
+from .deploy.lazy import attach
+
 __version__ = "0.1.0"
 
-from .api import list_taps
-from .config import TaskConfig
-from .modeling import (
-    AutoDiffusionPerception,
-    DiffusionPerceptionForFeatureExtraction,
-    Learnable,
-    list_models,
-    list_presets,
-    register_model,
-)
-
-__all__ = [
-    "__version__",
-    "AutoDiffusionPerception",
-    "DiffusionPerceptionForFeatureExtraction",
-    "Learnable",
-    "TaskConfig",
-    "list_models",
-    "list_presets",
-    "list_taps",
-    "register_model",
-]
+# public name -> the submodule that defines it
+__getattr__, __dir__, _names = attach(__name__, {
+    "list_taps": ".api",
+    "TaskConfig": ".config",
+    "AutoDiffusionPerception": ".modeling",
+    "DiffusionPerceptionForFeatureExtraction": ".modeling",
+    "Learnable": ".modeling",
+    "list_models": ".modeling",
+    "list_presets": ".modeling",
+    "register_model": ".modeling",
+})
+__all__ = ["__version__", *_names]
