@@ -41,7 +41,7 @@ def select_precision_flags(precision: str, *, platform_has_fast_fp16: bool = Tru
         ValueError: Unknown precision.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+        raise ValueError(f"The precision must be one of {PRECISIONS}, got {precision!r}.")
     notes = []
     if precision == "fp16" and not platform_has_fast_fp16:
         notes.append("this GPU has no fast fp16 (platform_has_fast_fp16 is False): the fp16 "
@@ -175,7 +175,7 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart  # cuda-python < 12.6 layout
         except ImportError as exc:
-            raise RuntimeError(f"cuda-python is not available ({exc}): {INSTALL_HINT}.") from exc
+            raise RuntimeError(f"The cuda-python package is not available ({exc}): {INSTALL_HINT}.") from exc
     return cudart
 
 

@@ -260,6 +260,18 @@ def _optional_pair(data: Mapping[str, Any], name: str, kind: type) -> tuple | No
     return None if value is None else tuple(kind(v) for v in value)
 
 
+def input_spec(raw: Mapping[str, Any], source: str = "<memory>") -> TensorSpec:
+    """The validated input of a contract's JSON form (:meth:`Contract.to_dict`).
+
+    Raises:
+        ValueError: No single well-formed input entry.
+    """
+    inputs = raw.get("inputs") if isinstance(raw, Mapping) else None
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise _contract_error(source, f"expected exactly one input, got {inputs!r}")
+    return _parse_tensor(inputs[0], source, is_input=True)
+
+
 def _parse_preprocess(text: str, source: str) -> Preprocess:
     try:
         data = json.loads(text)
@@ -314,9 +326,7 @@ def parse_contract(metadata: Mapping[str, str], source: str = "<memory>") -> Con
         raise _contract_error(source, f"{CONTRACT_KEY} is not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw.get("outputs"):
         raise _contract_error(source, f"{CONTRACT_KEY} needs 'inputs' and 'outputs' lists")
-    if len(raw["inputs"]) != 1:
-        raise _contract_error(source, f"expected exactly one input, got {len(raw['inputs'])}")
-    spec = _parse_tensor(raw["inputs"][0], source, is_input=True)
+    spec = input_spec(raw, source)
     outputs = tuple(_parse_tensor(o, source, is_input=False) for o in raw["outputs"])
     low, opt, high = _parse_batch(raw.get("batch"), spec, source)
     preprocess = None

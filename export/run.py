@@ -90,7 +90,7 @@ def _import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise RuntimeError(f"onnxruntime is not installed ({exc}): pip install onnxruntime.") from exc
+        raise RuntimeError(f"The onnxruntime package is not installed ({exc}): pip install onnxruntime.") from exc
     return onnxruntime
 
 
@@ -142,7 +142,7 @@ class OnnxRunner(_Runner):
         if provider not in ("cpu", "cuda"):
             raise ValueError(f"The provider must be 'cpu' or 'cuda', got {provider!r}.")
         if threads is not None and int(threads) < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}.")
+            raise ValueError(f"The thread count must be at least 1, got {threads}.")
         self.path, self.provider, self.device_id = Path(path), provider, int(device_id)
         self.contract = load_contract(self.path)
         ort = _import_onnxruntime()
@@ -167,11 +167,11 @@ class OnnxRunner(_Runner):
             session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception classes
             raise ValueError(
-                f"onnxruntime cannot load {self.path} ({exc}). If the file is corrupted "
+                f"ONNX Runtime cannot load {self.path} ({exc}). If the file is corrupted "
                 "or truncated, export it again with diffperception."
             ) from None
         if self.provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-            raise RuntimeError(f"onnxruntime could not start CUDA (providers: {session.get_providers()}): "
+            raise RuntimeError(f"ONNX Runtime could not start CUDA (providers: {session.get_providers()}): "
                                "check the CUDA / cuDNN installation or use --provider cpu.")
         return session
 

@@ -284,7 +284,7 @@ def test_graph_onnxruntime_cannot_load(tmp_path: Path, static_model: Path) -> No
     model = onnx.load(str(static_model))
     model.graph.node[0].op_type = "NotAnOperator"
     onnx.save(model, str(tmp_path / "broken.onnx"))
-    with pytest.raises(ValueError, match="onnxruntime cannot load .*broken.onnx.*export it again"):
+    with pytest.raises(ValueError, match="ONNX Runtime cannot load .*broken.onnx.*export it again"):
         OnnxRunner(tmp_path / "broken.onnx")
 
 

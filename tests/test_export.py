@@ -245,7 +245,7 @@ def test_bad_options_are_clear_errors(sd1_model, sd1_prepared, tmp_path: Path) -
         to_onnx(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="opset"):
         to_onnx(sd1_model, tmp_path / "m.onnx", opset=16)
-    with pytest.raises(ValueError, match="include_resize applies to image inputs"):
+    with pytest.raises(ValueError, match="include_resize\\) applies to image inputs"):
         to_pt2(sd1_model, tmp_path / "m.pt2", latent_input=True, include_resize=(80, 80))
     with pytest.raises(ValueError, match="runs at size"):
         to_torchscript(sd1_prepared.special, tmp_path / "m.pt", size=(128, 128))

@@ -54,7 +54,7 @@ def export_model(model: nn.Module | str | Path, fmt: str, out_dir: str | Path, *
     """
     exporter = get_exporter(fmt)
     if not name or Path(name).name != name:
-        raise ValueError(f"name must be a plain file stem such as 'model', got {name!r}.")
+        raise ValueError(f"The artifact name must be a plain file stem such as 'model', got {name!r}.")
     return export(model, fmt, Path(out_dir) / f"{name}{exporter.suffix}", **options)
 
 

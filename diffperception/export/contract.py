@@ -144,7 +144,7 @@ def build_contract(
     dim0: int | str = BATCH_DIM if low < high else low
     sample = input_sample_shape(special, latent_input, input_size)
     if outputs is None:
-        outputs = _probe_outputs(special, sample)
+        outputs = _probe_outputs(special, input_sample_shape(special, latent_input))  # at the model size
     keys = list(outputs)
     graph_input = TensorSpec(input_name(latent_input), (dim0, *sample), "float32", input_name(latent_input),
                              None if latent_input else (0.0, 1.0))

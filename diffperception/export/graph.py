@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import PreprocessConfig
-from ..deploy.contract import BATCH_DIM, LATENTS, Contract
+from ..deploy.contract import BATCH_DIM, LATENTS, Contract, input_spec
 from ..features.preprocess import resize_and_crop
 from .contract import build_contract, input_name, input_sample_shape
 from .options import ExportOptions
@@ -132,12 +132,8 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
 def example_input(contract: Contract | Mapping[str, Any], batch: int, *, seed: int = 0,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A seeded input batch for a contract (object or JSON): images uniform in [0, 1], latents normal."""
-    if isinstance(contract, Contract):
-        name, sample = contract.input.name, contract.sample_shape
-    else:
-        spec = contract["inputs"][0]
-        name, sample = spec["name"], tuple(spec["shape"][1:])
-    return _seeded_input(name, (batch, *sample), seed, dtype)
+    spec = contract.input if isinstance(contract, Contract) else input_spec(contract)
+    return _seeded_input(spec.name, (batch, *spec.shape[1:]), seed, dtype)
 
 
 def _seeded_input(name: str, shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -44,7 +44,7 @@ def _import_onnx() -> Any:
 def check_opset(opset: int) -> None:
     """Raise ValueError unless ``opset`` is an integer >= :data:`MIN_OPSET`."""
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}.")
+        raise ValueError(f"The ONNX opset must be an integer >= {MIN_OPSET}, got {opset!r}.")
 
 
 def _export_proto(prepared: PreparedExport, opset: int) -> Any:
@@ -190,6 +190,6 @@ def to_onnx(model: nn.Module, path: str | Path, *, fp16: bool = False, **options
     """
     if fp16:
         if options.get("precision", "fp16") != "fp16":
-            raise ValueError(f"fp16=True contradicts precision={options['precision']!r}; pass one of them.")
+            raise ValueError(f"Pass fp16=True or precision=..., not both: fp16=True contradicts precision={options['precision']!r}.")
         options["precision"] = "fp16"
     return export(model, "onnx", path, **options)

@@ -68,14 +68,14 @@ def normalize_batch(batch: int = 1, batch_range: Sequence[int] | None = None) ->
     """
     if batch_range is None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be an integer >= 1, got {batch!r}.")
+            raise ValueError(f"The batch must be an integer >= 1, got {batch!r}.")
         return batch, batch, batch
     values = tuple(batch_range)
     if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"batch_range must be three integers (min, opt, max), got {batch_range!r}.")
+        raise ValueError(f"The batch range must be three integers (min, opt, max), got {batch_range!r}.")
     low, opt, high = values
     if not 1 <= low <= opt <= high:
-        raise ValueError(f"batch_range must satisfy 1 <= min <= opt <= max, got {values}.")
+        raise ValueError(f"The batch range must satisfy 1 <= min <= opt <= max, got {values}.")
     return low, opt, high
 
 
@@ -84,7 +84,7 @@ def _size_option(name: str, value: Sequence[int] | None) -> tuple[int, int] | No
         return None
     size = tuple(value)
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-        raise ValueError(f"{name} must be (H, W) with positive integer sides, got {value!r}.")
+        raise ValueError(f"The option {name} must be (H, W) with positive integer sides, got {value!r}.")
     return size  # type: ignore[return-value]
 
 
@@ -125,7 +125,7 @@ class ExportOptions:
         if self.batch_range is not None:
             object.__setattr__(self, "batch_range", tuple(self.batch_range))
         if self.include_resize is not None and self.latent_input:
-            raise ValueError("include_resize applies to image inputs; a latent-input graph takes latents.")
+            raise ValueError("An in-graph resize (include_resize) applies to image inputs; a latent-input graph takes latents.")
 
     @property
     def batches(self) -> tuple[int, int, int]:

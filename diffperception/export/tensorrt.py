@@ -70,7 +70,7 @@ class TensorRTExporter(Exporter):
             if not onnx_path.is_file():
                 raise FileNotFoundError(f"ONNX file not found: {onnx_path}.")
             if options.size is not None or options.include_resize is not None or options.latent_input:
-                raise ValueError("size / latent_input / include_resize apply when exporting a model; an ONNX "
+                raise ValueError("The options size / latent_input / include_resize apply when exporting a model; an ONNX "
                                  "file already fixes them (pass the model instead).")
         else:
             onnx_path = path.with_suffix(".onnx")
