@@ -10,6 +10,7 @@ Usage::
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 COMMANDS = {"run": "run an .onnx file or TensorRT engine on images / .npy latents",
             "build-engine": "build a TensorRT engine and its sidecar from an .onnx file"}
@@ -22,13 +23,15 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments (default: ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    script = "diffperception-deploy"
+    name = script if Path(sys.argv[0]).stem == script else f"python -m {__package__ or 'export'}"
     if not argv or argv[0] not in COMMANDS:
-        listing = "\n".join(f"  {name:<13} {text}" for name, text in COMMANDS.items())
+        listing = "\n".join(f"  {command:<13} {text}" for command, text in COMMANDS.items())
         stream = sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr
-        print(f"usage: diffperception-deploy {{{','.join(COMMANDS)}}} ...\n\ncommands:\n{listing}", file=stream)
+        print(f"usage: {name} {{{','.join(COMMANDS)}}} ...\n\ncommands:\n{listing}", file=stream)
         return 0 if stream is sys.stdout else 2
     command, rest = argv[0], argv[1:]
-    prog = f"diffperception-deploy {command}"
+    prog = f"{name} {command}"
     if command == "run":
         from .run import main as run_main
 
