@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .contract import BUILD_COMMAND, Contract, load_contract, sidecar_path
+from .contract import BUILD_COMMAND, Contract, load_contract, metadata_key, sidecar_path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 INSTALL_HINT = "install tensorrt>=10 and cuda-python (pip install 'diffperception[gpu]')"
@@ -114,7 +114,7 @@ def make_sidecar(
         "onnx_sha256": file_sha256(onnx_path),
         "profile": {k: profile[k][0] for k in ("min", "opt", "max")},
         "contract": contract.to_dict(),
-        "metadata": contract.to_metadata(),
+        "metadata": {**contract.to_metadata(), metadata_key("precision"): precision},
         "built_at": built_at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

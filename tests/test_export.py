@@ -284,6 +284,40 @@ def test_tensorrt_checks_arguments_before_building(onnx_static: ExportResult, tm
             to_tensorrt(onnx_static.path, tmp_path / "m.engine")
 
 
+def test_tensorrt_flow_with_a_stand_in_builder(onnx_static: ExportResult, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything but TensorRT: the ONNX file's contract and profile, the sidecar, parity against the ONNX file."""
+    from diffperception.deploy import build_engine as be
+    from diffperception.export import tensorrt as trt_export
+    from diffperception.export.onnx import onnx_runner
+
+    built = {}
+
+    def stand_in_build(onnx_path, engine_path, *, precision, min_batch, opt_batch, max_batch, **_):
+        contract = load_contract(onnx_path)
+        profile = be.compute_profile(contract, min_batch, opt_batch, max_batch)
+        Path(engine_path).write_bytes(b"stand-in engine")
+        sidecar = be.make_sidecar(onnx_path, contract, precision=precision, profile=profile,
+                                  tensorrt_version="10.0.0", gpu_name="stand-in GPU", compute_capability="9.0")
+        be.sidecar_path(engine_path).write_text(json.dumps(sidecar))
+        built.update(onnx=Path(onnx_path), batches=(min_batch, opt_batch, max_batch))
+        return Path(engine_path)
+
+    def off_by_half_a_percent(self, path):  # the "engine": the ONNX file's outputs, 0.5 % too large
+        run = onnx_runner(built["onnx"])
+        return lambda x: {key: value * 1.005 for key, value in run(x).items()}
+
+    monkeypatch.setattr(be, "build_engine", stand_in_build)
+    monkeypatch.setattr(trt_export.TensorRTExporter, "runner", off_by_half_a_percent)
+    result = to_tensorrt(onnx_static.path, tmp_path / "m.engine", precision="fp16")
+    assert built == {"onnx": onnx_static.path, "batches": (1, 1, 1)}
+    assert result.files == [tmp_path / "m.engine", tmp_path / "m.engine.json"]
+    assert result.contract == onnx_static.contract and result.metadata["diffperception.precision"] == "fp16"
+    assert 4e-3 < result.parity["up_ft.1"]["max_rel"] < 6e-3 and result.parity["up_ft.1"]["tolerance"] == 1e-2
+    with pytest.raises(RuntimeError, match=r"The parity check failed for .*m32.engine \(fp32"):
+        to_tensorrt(onnx_static.path, tmp_path / "m32.engine", precision="fp32")
+
+
 @pytest.mark.gpu
 @pytest.mark.tensorrt
 def test_tensorrt_engine_matches_onnx(sd1_model, tmp_path: Path) -> None:

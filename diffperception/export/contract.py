@@ -83,7 +83,7 @@ def input_sample_shape(special: nn.Module, latent_input: bool,
     if latent_input:
         noise = getattr(special, "noise", None)
         if not isinstance(noise, torch.Tensor) or noise.ndim < 3:
-            raise TypeError(f"{type(special).__name__} has no 'noise' buffer (T, E, 1, C, h, w), so its latent "
+            raise TypeError(f"The module {type(special).__name__} has no 'noise' buffer (T, E, 1, C, h, w), so its latent "
                             "input shape is unknown; a specialised module must carry one.")
         return tuple(int(d) for d in noise.shape[-3:])  # type: ignore[return-value]
     height, width = input_size if input_size is not None else special.size

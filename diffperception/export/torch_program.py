@@ -66,7 +66,7 @@ class TorchProgramExporter(Exporter):
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{self.kind} file not found: {path}.")
+            raise FileNotFoundError(f"The {self.kind} file {path} was not found.")
         extra = {EXTRA_FILE: ""}
         self.load(path, extra)
         if not extra[EXTRA_FILE]:
