@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .baselines import BlockCutEager, FullForward, make_inputs
-from .exporters import export_artifact, fuse_onnx_attention
+from .exporters import artifact_suffix, export_artifact, fuse_onnx_attention
 from diffperception.features.cost import count_flops
 from .scenario import Scenario
 
@@ -99,7 +99,6 @@ def _vae_flops(s: Scenario, folder: Path) -> int | None:
 
 _EXPORT_FORMAT = {"torchscript": "torchscript", "torch_export": "torch_export",
                   "onnxruntime": "onnx", "onnxruntime_fused": "onnx", "tensorrt": "onnx"}
-_SUFFIX = {"torchscript": ".pt", "torch_export": ".pt2", "onnx": ".onnx"}
 
 
 def build(s: Scenario, folder: Path, workdir: Path) -> dict[str, Any]:
@@ -138,7 +137,7 @@ def build(s: Scenario, folder: Path, workdir: Path) -> dict[str, Any]:
 def _export_once(fmt: str, special, s: Scenario, workdir: Path) -> dict[str, Any]:
     """Exports, sharing one ONNX file between the ONNX Runtime / TensorRT backends."""
     if fmt != "onnx":
-        return export_artifact(fmt, special, workdir / f"{s.backend}{_SUFFIX[fmt]}",
+        return export_artifact(fmt, special, workdir / f"{s.backend}{artifact_suffix(fmt)}",
                                size=(s.resolution, s.resolution), batch=s.chunk or s.batch,
                                latent_input=s.view == "trunk")
     # One file per static batch: a chunked scenario shares the file of its chunk size.

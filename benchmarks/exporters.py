@@ -1,8 +1,8 @@
-"""Producing the exported artifacts the benchmark runs: TorchScript, torch.export, ONNX.
+"""Producing the exported artifacts the benchmark runs, with the library's exporter registry.
 
-``export_artifact`` calls the library's exporters (``diffperception.export.to_torchscript`` /
-``to_pt2`` / ``to_onnx``); the benchmark checks each artifact's features against the full
-diffusers forward before timing it.
+``export_artifact`` calls ``diffperception.export.export`` with a registered format (the
+benchmark's backend name ``torch_export`` is the registry's ``pt2``); the benchmark checks each
+artifact's features against the full diffusers forward before timing it.
 
 ``fuse_onnx_attention`` rewrites each exported attention into one ONNX Runtime
 ``MultiHeadAttention`` contrib op (a tiled CPU kernel that never materialises the
@@ -17,17 +17,36 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["export_artifact", "fuse_onnx_attention"]
+__all__ = ["artifact_suffix", "export_artifact", "fuse_onnx_attention", "registry_format"]
 
-_LIBRARY_EXPORTERS = {"torchscript": "to_torchscript", "torch_export": "to_pt2", "onnx": "to_onnx"}
+# benchmark backend names that differ from the exporter registry's
+_ALIASES = {"torch_export": "pt2"}
+
+
+def registry_format(fmt: str) -> str:
+    """The registered exporter of a benchmark format name (``torch_export`` -> ``pt2``).
+
+    Raises:
+        ValueError: No exporter is registered under that name.
+    """
+    from diffperception.export import get_exporter
+
+    return get_exporter(_ALIASES.get(fmt, fmt)).name
+
+
+def artifact_suffix(fmt: str) -> str:
+    """The artifact suffix of a benchmark format name, from the registry (``onnx`` -> ``.onnx``)."""
+    from diffperception.export import get_exporter
+
+    return get_exporter(registry_format(fmt)).suffix
 
 
 def export_artifact(fmt: str, model: nn.Module, path: Path, *, size: tuple[int, int], batch: int,
                     latent_input: bool) -> dict[str, Any]:
-    """Exports a feature extractor at a static batch with the library's exporters.
+    """Exports a feature extractor at a static batch with the library's exporter registry.
 
     Args:
-        fmt: ``torchscript``, ``torch_export`` or ``onnx``.
+        fmt: A registered format (``torchscript``, ``pt2`` / ``torch_export``, ``onnx``, ...).
         model: A ``DiffusionPerceptionForFeatureExtraction`` or its specialised module.
         path: Output file.
         size: Image size ``(H, W)``.
@@ -36,18 +55,18 @@ def export_artifact(fmt: str, model: nn.Module, path: Path, *, size: tuple[int, 
 
     Returns:
         ``{"path", "format", "export_seconds", "artifact_bytes", "exporter"}``.
-    """
-    from diffperception import export as library
 
-    if fmt not in _LIBRARY_EXPORTERS:
-        raise ValueError(f"Unknown export format {fmt!r}; use one of {sorted(_LIBRARY_EXPORTERS)}.")
-    exporter = getattr(library, _LIBRARY_EXPORTERS[fmt])
+    Raises:
+        ValueError: An unknown format.
+    """
+    from diffperception.export import export
+
+    name = registry_format(fmt)
     start = time.perf_counter()
     # The benchmark checks every artifact against the full diffusers forward itself.
-    result = exporter(model, path, size=size, batch=batch, latent_input=latent_input, check=False)
+    result = export(model, name, path, size=size, batch=batch, latent_input=latent_input, check=False)
     return {"path": str(result.path), "format": fmt, "export_seconds": time.perf_counter() - start,
-            "artifact_bytes": int(result.size_bytes),
-            "exporter": f"diffperception.export.{_LIBRARY_EXPORTERS[fmt]}"}
+            "artifact_bytes": int(result.size_bytes), "exporter": f"diffperception.export.export(fmt={name!r})"}
 
 
 def fuse_onnx_attention(src: Path, dst: Path) -> dict[str, Any]:

@@ -5,43 +5,36 @@ Example:
     >>> backbone = DiffusionBackbone.from_diffusers(
     ...     "stabilityai/stable-diffusion-2-1", taps=["up_ft.1"], timesteps=[261])
     >>> feats = backbone(images)  # {"up_ft.1": (B, 1280, H/16, W/16)}
+
+The public names are imported on first use, so that ``import diffperception.deploy`` (the
+torch-free deployment kit) and ``diffperception --help`` never import torch.
 """
 
 from __future__ import annotations
 
+from .deploy.lazy import attach
+
 __version__ = "0.1.0"
 
-from . import default_model  # noqa: F401 - registers the "diffperception:default" source alias
-from .api import list_taps
-from .config import HeadConfig, TaskConfig
-from .features.backbone import DiffusionBackbone
-from .features.conditioning import LearnablePrompt
-from .heads import build_head, list_heads, register_head
-from .modeling import (
-    AutoDiffusionPerception,
-    DiffusionPerceptionForFeatureExtraction,
-    DiffusionPerceptionForImageClassification,
-    Learnable,
-    list_models,
-    list_presets,
-    register_model,
-)
+# numpy only: registers the "diffperception:default" source alias of the shipped model
+from . import default_model  # noqa: E402,F401
 
-__all__ = [
-    "__version__",
-    "AutoDiffusionPerception",
-    "DiffusionBackbone",
-    "DiffusionPerceptionForFeatureExtraction",
-    "DiffusionPerceptionForImageClassification",
-    "HeadConfig",
-    "Learnable",
-    "LearnablePrompt",
-    "TaskConfig",
-    "build_head",
-    "list_heads",
-    "list_models",
-    "list_presets",
-    "list_taps",
-    "register_head",
-    "register_model",
-]
+# public name -> the submodule that defines it
+__getattr__, __dir__, _names = attach(__name__, {
+    "list_taps": ".api",
+    "HeadConfig": ".config",
+    "TaskConfig": ".config",
+    "DiffusionBackbone": ".features.backbone",
+    "LearnablePrompt": ".features.conditioning",
+    "build_head": ".heads",
+    "list_heads": ".heads",
+    "register_head": ".heads",
+    "AutoDiffusionPerception": ".modeling",
+    "DiffusionPerceptionForFeatureExtraction": ".modeling",
+    "DiffusionPerceptionForImageClassification": ".modeling",
+    "Learnable": ".modeling",
+    "list_models": ".modeling",
+    "list_presets": ".modeling",
+    "register_model": ".modeling",
+})
+__all__ = ["__version__", *_names]

@@ -11,23 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .export.options import parse_size
+
 __all__ = ["add_arguments", "run", "add_taps_arguments", "run_taps", "parse_size"]
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"512x512"`` (or ``"512"``) -> ``(512, 512)``."""
-    if text is None:
-        return None
-    parts = text.lower().split("x")
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError as err:
-        raise ValueError(f"--size {text!r} must look like 512x512 (height x width).") from err
-    if len(sizes) == 1:
-        sizes = sizes * 2
-    if len(sizes) != 2 or min(sizes) <= 0:
-        raise ValueError(f"--size {text!r} must look like 512x512 (height x width).")
-    return sizes[0], sizes[1]
 
 
 def add_taps_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .modeling import DiffusionPerceptionForFeatureExtraction
 
-    size = parse_size(args.size)
+    size = parse_size(args.size) if args.size is not None else None
     paths = [Path(p) for p in args.images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

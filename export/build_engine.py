@@ -1,8 +1,8 @@
 """Build a TensorRT engine (plus its ``<engine>.json`` sidecar) from an exported ONNX file.
 
-Usage::
+Usage (installed with ``pip install ./export``; ``python -m export.build_engine`` from the repository root)::
 
-    python -m export.build_engine build/model.onnx --fp16 --min-batch 1 --opt-batch 4 --max-batch 8
+    diffperception-deploy build-engine build/model.onnx --fp16 --min-batch 1 --opt-batch 4 --max-batch 8
 
 The pure-Python parts (precision flags, optimisation profile, sidecar, compatibility
 check) need no TensorRT and are unit-tested. The TensorRT-touching code is kept thin
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .contract import BUILD_COMMAND, Contract, load_contract, sidecar_path
+from .contract import BUILD_COMMAND, Contract, load_contract, metadata_key, sidecar_path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 INSTALL_HINT = "install tensorrt>=10 and cuda-python (pip install 'diffperception[gpu]')"
@@ -41,7 +41,7 @@ def select_precision_flags(precision: str, *, platform_has_fast_fp16: bool = Tru
         ValueError: Unknown precision.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ValueError(f"The precision must be one of {PRECISIONS}, got {precision!r}.")
     notes = []
     if precision == "fp16" and not platform_has_fast_fp16:
         notes.append("this GPU has no fast fp16 (platform_has_fast_fp16 is False): the fp16 "
@@ -70,15 +70,15 @@ def compute_profile(
         asked = {v for v in (min_batch, opt_batch, max_batch) if v is not None}
         if asked - {static}:
             raise ValueError(
-                f"{contract.source} was exported with a static batch of {static}, so no batch "
+                f"The ONNX file {contract.source} was exported with a static batch of {static}, so no batch "
                 f"range ({min_batch}, {opt_batch}, {max_batch}) can be built; re-export the ONNX "
-                "file with a batch range (dynamic 'batch' dimension) or drop the batch options"
+                "file with a batch range (dynamic 'batch' dimension) or drop the batch options."
             )
     low = contract.batch_min if min_batch is None else int(min_batch)
     high = contract.batch_max if max_batch is None else int(max_batch)
     opt = min(max(contract.batch_opt, low), high) if opt_batch is None else int(opt_batch)
     if not 1 <= low <= opt <= high:
-        raise ValueError(f"batch range must satisfy 1 <= min <= opt <= max, got min={low} opt={opt} max={high}")
+        raise ValueError(f"The batch range must satisfy 1 <= min <= opt <= max, got min={low} opt={opt} max={high}.")
     sample = list(contract.sample_shape)
     return {"input": spec.name, "dynamic": contract.dynamic_batch,
             "min": [low, *sample], "opt": [opt, *sample], "max": [high, *sample]}
@@ -113,8 +113,8 @@ def make_sidecar(
         "onnx_file": Path(onnx_path).name,
         "onnx_sha256": file_sha256(onnx_path),
         "profile": {k: profile[k][0] for k in ("min", "opt", "max")},
-        "contract": contract.raw,
-        "metadata": dict(contract.metadata),
+        "contract": contract.to_dict(),
+        "metadata": {**contract.to_metadata(), metadata_key("precision"): precision},
         "built_at": built_at or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -160,7 +160,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError as exc:
-        raise RuntimeError(f"TensorRT is not available ({exc}): {INSTALL_HINT}") from exc
+        raise RuntimeError(f"TensorRT is not available ({exc}): {INSTALL_HINT}.") from exc
     return tensorrt
 
 
@@ -175,7 +175,7 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart  # cuda-python < 12.6 layout
         except ImportError as exc:
-            raise RuntimeError(f"cuda-python is not available ({exc}): {INSTALL_HINT}") from exc
+            raise RuntimeError(f"The cuda-python package is not available ({exc}): {INSTALL_HINT}.") from exc
     return cudart
 
 
@@ -186,7 +186,7 @@ def cuda_call(result: Any) -> Any:
     """
     err, *values = result if isinstance(result, tuple) else (result,)
     if getattr(err, "value", err) != 0:
-        raise RuntimeError(f"CUDA call failed: {err}")
+        raise RuntimeError(f"A CUDA call failed: {err}.")
     return values[0] if len(values) == 1 else tuple(values) or None
 
 
@@ -214,7 +214,7 @@ def _parse_network(trt: Any, builder: Any, onnx_path: Path, logger: Any) -> Any:
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(f"  - {parser.get_error(i)}" for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}:\n{errors or '  (no parser message)'}")
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}.\n{errors or '  (no parser message)'}")
     return network, parser
 
 
@@ -227,7 +227,7 @@ def _configure(trt: Any, builder: Any, flags: list[str], profile: dict[str, Any]
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     for flag in flags:
         if not hasattr(trt.BuilderFlag, flag):
-            raise RuntimeError(f"this TensorRT {trt.__version__} has no BuilderFlag.{flag}; {INSTALL_HINT}")
+            raise RuntimeError(f"This TensorRT {trt.__version__} has no BuilderFlag.{flag}: {INSTALL_HINT}.")
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if profile["dynamic"]:
         opt_profile = builder.create_optimization_profile()
@@ -288,7 +288,7 @@ def build_engine(
     config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above).")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(bytes(serialized))
     if cache_file is not None:
@@ -298,9 +298,14 @@ def build_engine(
     return engine_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog=BUILD_COMMAND, description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """CLI entry point; returns the exit status (2 on a usage / input error).
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        prog: The command name shown in usage messages.
+    """
+    parser = argparse.ArgumentParser(prog=prog or BUILD_COMMAND, description=__doc__.split("\n")[0])
     parser.add_argument("onnx", type=Path, help="exported .onnx file")
     parser.add_argument("--out", type=Path, default=None, help="engine path (default: MODEL.engine)")
     group = parser.add_mutually_exclusive_group()

@@ -1,15 +1,20 @@
-"""The model contract and input preparation (numpy + Pillow only).
+"""The model contract (the one schema shared by the exporter and this kit) and input preparation.
 
-The diffperception exporter writes the contract into the ONNX ``metadata_props``:
+numpy + Pillow only. The diffperception exporter builds a :class:`Contract` and writes
+:meth:`Contract.to_metadata` into the ONNX ``metadata_props`` (``build_engine`` copies the
+entries into an engine's sidecar JSON); :func:`parse_contract` reads them back:
 
-* ``diffperception.contract``: JSON ``{"inputs": [...], "outputs": [...], "batch": {...}}``,
-* ``diffperception.preprocess``: JSON ``{"size", "resize", "crop", "range"}``,
-* ``diffperception.taps`` / ``timesteps`` / ``noise_seed`` / ``source_repo`` /
-  ``source_revision`` / ``version`` / ``precision``: kept as strings in
-  :attr:`Contract.metadata`.
+* ``diffperception.contract``: JSON ``{"inputs": [...], "outputs": [...], "batch": {...}}``;
+  each output carries its ``key`` (a tap name, or ``logits`` / ``embeddings`` / ``scores``);
+* ``diffperception.preprocess``: JSON ``{"size", "resize", "crop", "range", ...}``;
+* ``diffperception.outputs``: JSON list of the output keys;
+* ``diffperception.timesteps`` / ``labels`` / ``noise_seed`` / ``source_repo`` /
+  ``source_revision`` / ``version`` / ``precision``: kept as strings in :attr:`Contract.metadata`.
 
-``read_onnx_metadata`` (from :mod:`.onnx_metadata`) reads those entries with a small
-protobuf scanner, so neither the ``onnx`` package nor an inference session is needed.
+Files written before outputs were named by key (``"tap"`` in the contract,
+``diffperception.taps``) are still read. ``read_onnx_metadata`` (from :mod:`.onnx_metadata`)
+reads the entries with a small protobuf scanner, so neither the ``onnx`` package nor an
+inference session is needed.
 """
 
 from __future__ import annotations
@@ -27,18 +32,34 @@ from PIL import Image, ImageOps
 
 from .onnx_metadata import read_onnx_metadata
 
+METADATA_PREFIX = "diffperception."
 CONTRACT_KEY = "diffperception.contract"
 PREPROCESS_KEY = "diffperception.preprocess"
-METADATA_PREFIX = "diffperception."
+OUTPUTS_KEY = "diffperception.outputs"
+LEGACY_OUTPUTS_KEY = "diffperception.taps"  # read, never written
 BATCH_DIM = "batch"
+IMAGES = "images"
+LATENTS = "latents"
+INPUT_NAMES = (IMAGES, LATENTS)
+LAYOUT = "NCHW"
+# The one dtype table: contract dtype name -> numpy type, and artifact precision -> I/O dtype name
+# (bf16 TensorRT engines keep float32 inputs and outputs).
 DTYPES = {"float32": np.float32, "float16": np.float16}
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "float32"}
+RESIZE_MODES = ("bicubic", "bilinear", "nearest")
+CROP_MODES = ("center", "none")
 _RESAMPLE_NAMES = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}
-_CROPS = ("center", "none")
-# "export" when run from the repository / a copy of the folder, "diffperception.deploy" when installed.
+# "export" when run from the repository / a copy of the folder, "diffperception.deploy" or
+# "diffperception_deploy" when installed.
 BUILD_COMMAND = f"python -m {__package__ or 'export'}.build_engine"
 
 Dim = Union[int, str]
 InputItem = Union[str, Path, np.ndarray]
+
+
+def metadata_key(name: str) -> str:
+    """The metadata entry of ``name``: ``"timesteps"`` -> ``"diffperception.timesteps"``."""
+    return f"{METADATA_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,8 @@ class TensorSpec:
         name: Tensor name in the ONNX graph / engine.
         shape: Dimensions; an int or ``"batch"`` (the dynamic batch dimension).
         dtype: ``"float32"`` or ``"float16"``.
-        tap: Feature tap name used as the output key (the input's name for inputs).
+        key: The output's name for callers: a tap name (``"up_blocks.1"``) or
+            ``"logits"`` / ``"embeddings"`` / ``"scores"`` (the input's name for inputs).
         range: Value range the graph expects (image inputs only).
         layout: Memory layout; only ``"NCHW"`` is supported.
     """
@@ -57,24 +79,59 @@ class TensorSpec:
     name: str
     shape: tuple[Dim, ...]
     dtype: str
-    tap: str
+    key: str
     range: tuple[float, float] | None = None
-    layout: str = "NCHW"
+    layout: str = LAYOUT
 
     @property
     def numpy_dtype(self) -> type:
         """The numpy scalar type of ``dtype``."""
         return DTYPES[self.dtype]
 
+    def to_dict(self, *, is_input: bool) -> dict[str, Any]:
+        """The contract JSON entry of this tensor (inputs carry range and layout, outputs their key)."""
+        entry: dict[str, Any] = {"name": self.name}
+        if not is_input:
+            entry["key"] = self.key
+        entry.update(shape=list(self.shape), dtype=self.dtype)
+        if is_input:
+            entry.update(range=None if self.range is None else list(self.range), layout=self.layout)
+        return entry
+
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image file becomes the model input (``diffperception.preprocess``)."""
+    """How an image file becomes the model input (``diffperception.preprocess``).
+
+    Attributes:
+        size: ``(H, W)`` of the graph's image input.
+        resize: Resampling filter, one of :data:`RESIZE_MODES`.
+        crop: ``"center"`` or ``"none"``.
+        range: Value range of the graph's image input.
+        model_size: ``(H, W)`` the model itself runs at (differs from ``size`` when the
+            graph resizes), for information.
+        model_range: The range the graph scales its input to, for information.
+        in_graph: The steps the graph does itself (``"resize"``, ``"scale"``).
+    """
 
     size: tuple[int, int]
     resize: str
     crop: str
     range: tuple[float, float]
+    model_size: tuple[int, int] | None = None
+    model_range: tuple[float, float] | None = None
+    in_graph: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``diffperception.preprocess`` JSON object."""
+        entry: dict[str, Any] = {"size": list(self.size), "resize": self.resize, "crop": self.crop,
+                                 "range": list(self.range)}
+        if self.model_size is not None:
+            entry["model_size"] = list(self.model_size)
+        if self.model_range is not None:
+            entry["model_range"] = list(self.model_range)
+        entry["in_graph"] = list(self.in_graph)
+        return entry
 
 
 @dataclass(frozen=True)
@@ -83,14 +140,15 @@ class Contract:
 
     Attributes:
         input: The single graph input (``"images"`` or ``"latents"``).
-        outputs: The graph outputs, each carrying its tap name.
+        outputs: The graph outputs, each carrying its key.
         batch_min: Smallest batch the model accepts.
         batch_opt: Batch the model is tuned for.
         batch_max: Largest batch the model accepts.
         preprocess: Image preprocessing (``None`` for latent-input graphs without it).
-        metadata: Every ``diffperception.*`` metadata entry, as strings.
+        metadata: The other ``diffperception.*`` metadata entries (timesteps, labels, source
+            repository, ...), as strings; the contract, preprocessing and output keys are
+            this object's fields (:meth:`to_metadata` writes them all).
         source: The file the contract was read from (used in error messages).
-        raw: The contract JSON object as written by the exporter.
     """
 
     input: TensorSpec
@@ -101,12 +159,11 @@ class Contract:
     preprocess: Preprocess | None
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = "<memory>"
-    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_latent(self) -> bool:
         """Whether the graph takes latents (``.npy`` / arrays) instead of images."""
-        return self.input.name == "latents"
+        return self.input.name == LATENTS
 
     @property
     def dynamic_batch(self) -> bool:
@@ -118,14 +175,49 @@ class Contract:
         """The (C, H, W) shape of one input sample."""
         return tuple(int(d) for d in self.input.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def output_keys(self) -> list[str]:
+        """The outputs' keys in graph order."""
+        return [spec.key for spec in self.outputs]
+
     def with_batch_range(self, low: int, opt: int, high: int) -> Contract:
         """Return a copy that accepts batches in ``[low, high]`` (e.g. an engine profile)."""
         return dataclasses.replace(self, batch_min=low, batch_opt=opt, batch_max=high)
 
+    def with_dtype(self, dtype: str) -> Contract:
+        """Return a copy whose input and outputs are declared as ``dtype``.
+
+        Raises:
+            ValueError: ``dtype`` is not one of :data:`DTYPES`.
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"Unsupported contract dtype {dtype!r}; use one of {sorted(DTYPES)}.")
+        return dataclasses.replace(self, input=dataclasses.replace(self.input, dtype=dtype),
+                                   outputs=tuple(dataclasses.replace(o, dtype=dtype) for o in self.outputs))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``diffperception.contract`` JSON object."""
+        return {"inputs": [self.input.to_dict(is_input=True)],
+                "outputs": [spec.to_dict(is_input=False) for spec in self.outputs],
+                "batch": {"min": self.batch_min, "opt": self.batch_opt, "max": self.batch_max}}
+
+    def to_metadata(self) -> dict[str, str]:
+        """The metadata entries :func:`parse_contract` reads back: ``metadata`` plus the schema's own.
+
+        The contract, preprocessing and output keys are written from this object's fields and
+        take precedence over same-named entries of ``metadata``.
+        """
+        entries = {k: v for k, v in self.metadata.items() if k != LEGACY_OUTPUTS_KEY}
+        entries[CONTRACT_KEY] = json.dumps(self.to_dict())
+        entries[OUTPUTS_KEY] = json.dumps(self.output_keys)
+        if self.preprocess is not None:
+            entries[PREPROCESS_KEY] = json.dumps(self.preprocess.to_dict())
+        return entries
+
 
 def _contract_error(source: str, message: str) -> ValueError:
     return ValueError(
-        f"{source}: {message}. The file was not exported by diffperception, or by an "
+        f"Invalid model contract in {source}: {message}. The file was not exported by diffperception, or by an "
         "incompatible version of it: re-export the model with this diffperception version."
     )
 
@@ -151,16 +243,33 @@ def _parse_tensor(entry: Any, source: str, *, is_input: bool) -> TensorSpec:
             raise _contract_error(source, f"tensor {name!r} has a bad dimension {dim!r} at {i}")
     if entry.get("dtype") not in DTYPES:
         raise _contract_error(source, f"tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
-    if entry.get("layout", "NCHW") != "NCHW":
+    if entry.get("layout", LAYOUT) != LAYOUT:
         raise _contract_error(source, f"tensor {name!r} has unsupported layout {entry['layout']!r}")
     value_range = None
     if is_input:
-        if name not in ("images", "latents"):
+        if name not in INPUT_NAMES:
             raise _contract_error(source, f"input must be named 'images' or 'latents', got {name!r}")
-        if name == "images":
+        if name == IMAGES:
             value_range = _number_pair(entry.get("range"), "input 'images' range", source)
-    tap = name if is_input else entry.get("tap", name)
-    return TensorSpec(name, tuple(shape), entry["dtype"], str(tap), value_range)
+    key = name if is_input else entry.get("key", entry.get("tap", name))  # "tap": files before outputs had keys
+    return TensorSpec(name, tuple(shape), entry["dtype"], str(key), value_range)
+
+
+def _optional_pair(data: Mapping[str, Any], name: str, kind: type) -> tuple | None:
+    value = data.get(name)
+    return None if value is None else tuple(kind(v) for v in value)
+
+
+def input_spec(raw: Mapping[str, Any], source: str = "<memory>") -> TensorSpec:
+    """The validated input of a contract's JSON form (:meth:`Contract.to_dict`).
+
+    Raises:
+        ValueError: No single well-formed input entry.
+    """
+    inputs = raw.get("inputs") if isinstance(raw, Mapping) else None
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        raise _contract_error(source, f"expected exactly one input, got {inputs!r}")
+    return _parse_tensor(inputs[0], source, is_input=True)
 
 
 def _parse_preprocess(text: str, source: str) -> Preprocess:
@@ -168,14 +277,17 @@ def _parse_preprocess(text: str, source: str) -> Preprocess:
         data = json.loads(text)
         size = tuple(int(v) for v in data["size"])
         resize, crop = data["resize"], data["crop"]
+        model_size = _optional_pair(data, "model_size", int)
+        model_range = _optional_pair(data, "model_range", float)
+        in_graph = tuple(str(step) for step in data.get("in_graph", ()))
     except (ValueError, TypeError, KeyError) as exc:
         raise _contract_error(source, f"malformed {PREPROCESS_KEY} ({exc})") from None
     if len(size) != 2 or min(size) <= 0:
         raise _contract_error(source, f"{PREPROCESS_KEY} size must be [H, W], got {data['size']!r}")
-    if resize not in _RESAMPLE_NAMES or crop not in _CROPS:
+    if resize not in RESIZE_MODES or crop not in CROP_MODES:
         raise _contract_error(source, f"unsupported resize {resize!r} / crop {crop!r}")
     value_range = _number_pair(data.get("range"), f"{PREPROCESS_KEY} range", source)
-    return Preprocess(size, resize, crop, value_range)  # type: ignore[arg-type]
+    return Preprocess(size, resize, crop, value_range, model_size, model_range, in_graph)  # type: ignore[arg-type]
 
 
 def _parse_batch(data: Any, spec: TensorSpec, source: str) -> tuple[int, int, int]:
@@ -199,7 +311,8 @@ def parse_contract(metadata: Mapping[str, str], source: str = "<memory>") -> Con
         source: File name used in error messages.
 
     Returns:
-        The validated contract.
+        The validated contract; ``parse_contract(contract.to_metadata())`` equals ``contract``
+        up to ``source``.
 
     Raises:
         ValueError: A key is missing or malformed; the message says the file was not
@@ -213,20 +326,19 @@ def parse_contract(metadata: Mapping[str, str], source: str = "<memory>") -> Con
         raise _contract_error(source, f"{CONTRACT_KEY} is not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw.get("outputs"):
         raise _contract_error(source, f"{CONTRACT_KEY} needs 'inputs' and 'outputs' lists")
-    if len(raw["inputs"]) != 1:
-        raise _contract_error(source, f"expected exactly one input, got {len(raw['inputs'])}")
-    spec = _parse_tensor(raw["inputs"][0], source, is_input=True)
+    spec = input_spec(raw, source)
     outputs = tuple(_parse_tensor(o, source, is_input=False) for o in raw["outputs"])
     low, opt, high = _parse_batch(raw.get("batch"), spec, source)
     preprocess = None
     if PREPROCESS_KEY in metadata:
         preprocess = _parse_preprocess(metadata[PREPROCESS_KEY], source)
-    elif not spec.name == "latents":
+    elif not spec.name == LATENTS:
         raise _contract_error(source, f"image graph without a {PREPROCESS_KEY!r} metadata entry")
-    if preprocess is not None and spec.name == "images" and preprocess.size != spec.shape[2:]:
+    if preprocess is not None and spec.name == IMAGES and preprocess.size != spec.shape[2:]:
         raise _contract_error(source, f"preprocess size {preprocess.size} != input shape {spec.shape}")
-    extra = {k: str(v) for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
-    return Contract(spec, outputs, low, opt, high, preprocess, extra, source, raw)
+    schema = (CONTRACT_KEY, PREPROCESS_KEY, OUTPUTS_KEY, LEGACY_OUTPUTS_KEY)
+    extra = {k: str(v) for k, v in metadata.items() if k.startswith(METADATA_PREFIX) and k not in schema}
+    return Contract(spec, outputs, low, opt, high, preprocess, extra, source)
 
 
 def load_contract(path: str | Path) -> Contract:
@@ -249,15 +361,15 @@ def load_sidecar(engine_path: str | Path) -> dict[str, Any]:
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"engine sidecar not found: {path}. Engines must be built with "
+            f"Engine sidecar not found: {path}. Engines must be built with "
             f"`{BUILD_COMMAND} model.onnx`, which writes it next to the engine."
         )
     try:
         sidecar = json.loads(path.read_text())
     except ValueError as exc:
-        raise ValueError(f"{path}: sidecar is not valid JSON ({exc}); rebuild the engine") from None
+        raise ValueError(f"The sidecar {path} is not valid JSON ({exc}); rebuild the engine.") from None
     if not isinstance(sidecar, dict) or not isinstance(sidecar.get("contract"), dict):
-        raise ValueError(f"{path}: sidecar has no 'contract' object; rebuild the engine")
+        raise ValueError(f"The sidecar {path} has no 'contract' object; rebuild the engine.")
     return sidecar
 
 
@@ -286,12 +398,12 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
+        raise FileNotFoundError(f"Input file not found: {path}.")
     try:
         with Image.open(path) as image:
             return ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read this file as an image ({exc})") from None
+        raise ValueError(f"Cannot read {path} as an image ({exc}).") from None
 
 
 def resize_and_crop(image: Image.Image, size: tuple[int, int], resize: str, crop: str) -> Image.Image:
@@ -341,9 +453,9 @@ def _array_item(array: np.ndarray, contract: Contract, what: str) -> np.ndarray:
         array = array[None]
     if array.ndim != 4 or not np.issubdtype(array.dtype, np.number):
         raise ValueError(
-            f"{what}: expected a numeric (C, H, W) or (N, C, H, W) array"
+            "Expected a numeric (C, H, W) or (N, C, H, W) array"
             + ("" if contract.is_latent else " or an (H, W, 3) uint8 RGB image")
-            + f", got shape {array.shape} dtype {array.dtype}"
+            + f" for {what}, got shape {array.shape} dtype {array.dtype}."
         )
     check_sample_shape(array.shape, contract, what)
     return array.astype(np.float32, copy=False)
@@ -354,13 +466,14 @@ def check_sample_shape(shape: Sequence[int], contract: Contract, what: str) -> N
     channels, height, width = contract.sample_shape
     kind = "latent" if contract.is_latent else "image"
     if len(shape) != 4:
-        raise ValueError(f"{what}: expected an NCHW array (batch, {channels}, {height}, {width}), got {tuple(shape)}")
+        raise ValueError(f"Expected an NCHW array (batch, {channels}, {height}, {width}) for {what}, "
+                         f"got {tuple(shape)}.")
     if shape[1] != channels:
-        raise ValueError(f"{what}: wrong channel count {shape[1]}, the model takes {channels} channels")
+        raise ValueError(f"Wrong channel count {shape[1]} in {what}: the model takes {channels} channels.")
     if tuple(shape[2:]) != (height, width):
         raise ValueError(
-            f"{what}: wrong spatial size {tuple(shape[2:])} for the {kind} input, the model "
-            f"takes ({height}, {width})"
+            f"Wrong spatial size {tuple(shape[2:])} in {what} for the {kind} input: the model "
+            f"takes ({height}, {width})."
         )
 
 
@@ -385,17 +498,17 @@ def prepare_batch(items: Sequence[InputItem], contract: Contract) -> np.ndarray:
             continue
         path = Path(item)
         if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
+            raise FileNotFoundError(f"Input file not found: {path}.")
         if path.suffix.lower() == ".npy":
             batches.append(_array_item(np.load(path, allow_pickle=False), contract, str(path)))
         elif contract.is_latent:
-            raise ValueError(f"{path}: this model takes latents; pass .npy files or arrays, not images")
+            raise ValueError(f"This model takes latents, not images like {path}: pass .npy files or arrays.")
         else:
             image = load_image(path)
             value_range = contract.input.range
             batches.append(preprocess_image(image, contract.preprocess, value_range)[None])  # type: ignore[arg-type]
     if not batches:
-        raise ValueError("no inputs given: pass image files, .npy files or arrays")
+        raise ValueError("No inputs given: pass image files, .npy files or arrays.")
     return np.concatenate(batches, axis=0)
 
 
@@ -407,19 +520,19 @@ def validate_batch(batch: np.ndarray, contract: Contract) -> np.ndarray:
             size outside ``[batch_min, batch_max]``, or NaN / infinite values.
     """
     if not isinstance(batch, np.ndarray) or not np.issubdtype(batch.dtype, np.number):
-        raise ValueError(f"input must be a numeric numpy array, got {type(batch).__name__}")
+        raise ValueError(f"The input must be a numeric numpy array, got {type(batch).__name__}.")
     check_sample_shape(batch.shape, contract, f"input {contract.input.name!r}")
     if not contract.batch_min <= batch.shape[0] <= contract.batch_max:
         raise ValueError(
-            f"batch size {batch.shape[0]} is outside the model's range "
-            f"[{contract.batch_min}, {contract.batch_max}] ({contract.source}); split the "
-            "inputs or re-export / rebuild with a wider batch range"
+            f"Batch size {batch.shape[0]} is outside the model's range "
+            f"[{contract.batch_min}, {contract.batch_max}] ({contract.source}): split the "
+            "inputs or re-export / rebuild with a wider batch range."
         )
     batch = np.ascontiguousarray(batch, dtype=contract.input.numpy_dtype)
     bad = ~np.isfinite(batch).reshape(batch.shape[0], -1).all(axis=1)
     if bad.any():
         raise ValueError(
-            f"input contains NaN or infinite values (as {contract.input.dtype}) in batch item(s) "
-            f"{np.flatnonzero(bad).tolist()}"
+            f"The input contains NaN or infinite values (as {contract.input.dtype}) in batch item(s) "
+            f"{np.flatnonzero(bad).tolist()}."
         )
     return batch

@@ -83,13 +83,13 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise FileNotFoundError(f"Model file not found: {path}.")
     try:
         with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _scan_model(buf)
     except (_ProtoError, ValueError, UnicodeDecodeError, OSError) as exc:
         raise ValueError(
-            f"{path} is not a valid ONNX model ({exc}). The file may be corrupted, truncated or "
+            f"The file {path} is not a valid ONNX model ({exc}). It may be corrupted, truncated or "
             "in another format: export it again with diffperception (or copy it again) and pass "
             "the .onnx file."
         ) from None

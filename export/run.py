@@ -1,12 +1,13 @@
 """Run an exported diffperception model (ONNX or TensorRT engine) on images or latents.
 
-Usage::
+Usage (installed with ``pip install ./export``; ``python -m export.run`` from the repository root)::
 
-    python -m export.run build/model.onnx images/*.png [--provider cpu|cuda] [--threads N] [--out out.npz]
-    python -m export.run build/model.engine images/*.png
-    python -m export.run build/latent_model.onnx latents/*.npy
+    diffperception-deploy run build/model.onnx images/*.png [--provider cpu|cuda] [--threads N] [--out out.npz]
+    diffperception-deploy run build/model.engine images/*.png
+    python -m diffperception_deploy.run build/latent_model.onnx latents/*.npy
 
-Outputs are keyed by the contract's tap names (e.g. ``"up_blocks.1"``) and are float32.
+Outputs are keyed by the contract's output keys (a tap name such as ``"up_blocks.1"``, or
+``"logits"`` / ``"embeddings"`` / ``"scores"``) and are float32.
 Needs numpy, Pillow and onnxruntime (``tensorrt`` + ``cuda-python`` for engines);
 never imports torch or diffusers.
 """
@@ -14,6 +15,7 @@ never imports torch or diffusers.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +31,7 @@ from .contract import (
     contract_from_sidecar,
     load_contract,
     load_sidecar,
+    metadata_key,
     prepare_batch,
     validate_batch,
 )
@@ -53,14 +56,14 @@ class _Runner:
                 cast to the contract's input dtype.
 
         Returns:
-            Tap name -> float32 output array.
+            Output key -> float32 output array.
 
         Raises:
             ValueError: Wrong shape / channels / batch size, or NaN values.
         """
         batch = validate_batch(inputs, self.contract)
         raw = self._run(batch)
-        return {spec.tap: np.asarray(raw[spec.name]).astype(np.float32, copy=False) for spec in self.contract.outputs}
+        return {spec.key: np.asarray(raw[spec.name]).astype(np.float32, copy=False) for spec in self.contract.outputs}
 
     def run_images(self, items: InputItem | Sequence[InputItem]) -> dict[str, np.ndarray]:
         """Load, preprocess and run images / ``.npy`` files / arrays in batches the model accepts.
@@ -69,7 +72,7 @@ class _Runner:
         ``batch_min`` is padded by repeating its last item and the padding is dropped.
 
         Returns:
-            Tap name -> float32 array with one row per input sample.
+            Output key -> float32 array with one row per input sample.
         """
         batch = prepare_batch(items, self.contract)  # type: ignore[arg-type]
         low, high = self.contract.batch_min, self.contract.batch_max
@@ -80,14 +83,14 @@ class _Runner:
             if count < low:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], low - count, axis=0)])
             parts.append({k: v[:count] for k, v in self(chunk).items()})
-        return {tap: np.concatenate([p[tap] for p in parts]) for tap in parts[0]}
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def _import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise RuntimeError(f"onnxruntime is not installed ({exc}): pip install onnxruntime") from exc
+        raise RuntimeError(f"The onnxruntime package is not installed ({exc}): pip install onnxruntime.") from exc
     return onnxruntime
 
 
@@ -99,16 +102,16 @@ def _check_session(session: Any, contract: Contract, path: Path) -> None:
     missing = [o.name for o in contract.outputs if o.name not in outputs]
     if spec.name not in inputs or missing:
         raise ValueError(
-            f"{path}: the contract does not match the graph (graph inputs {sorted(inputs)}, outputs "
-            f"{sorted(outputs)}; contract input {spec.name!r}, missing outputs {missing}); re-export the model"
+            f"The contract of {path} does not match its graph (graph inputs {sorted(inputs)}, outputs "
+            f"{sorted(outputs)}; contract input {spec.name!r}, missing outputs {missing}): re-export the model."
         )
     graph = inputs[spec.name]
     graph_batch = graph.shape[0] if graph.shape else None
     batch_ok = not isinstance(graph_batch, int) if contract.dynamic_batch else graph_batch == spec.shape[0]
     if graph.type != _ORT_TYPES[spec.dtype] or list(graph.shape[1:]) != list(spec.shape[1:]) or not batch_ok:
         raise ValueError(
-            f"{path}: graph input {spec.name!r} is {graph.type} {graph.shape} but the contract says "
-            f"{spec.dtype} {list(spec.shape)}; re-export the model"
+            f"The graph input {spec.name!r} of {path} is {graph.type} {graph.shape} but the contract says "
+            f"{spec.dtype} {list(spec.shape)}: re-export the model."
         )
 
 
@@ -137,9 +140,9 @@ class OnnxRunner(_Runner):
             RuntimeError: The CUDA provider is not available.
         """
         if provider not in ("cpu", "cuda"):
-            raise ValueError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+            raise ValueError(f"The provider must be 'cpu' or 'cuda', got {provider!r}.")
         if threads is not None and int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise ValueError(f"The thread count must be at least 1, got {threads}.")
         self.path, self.provider, self.device_id = Path(path), provider, int(device_id)
         self.contract = load_contract(self.path)
         ort = _import_onnxruntime()
@@ -156,20 +159,20 @@ class OnnxRunner(_Runner):
             available = ort.get_available_providers()
             if "CUDAExecutionProvider" not in available:
                 raise RuntimeError(
-                    f"onnxruntime has no CUDAExecutionProvider (available: {available}); install "
-                    "onnxruntime-gpu (pip install 'diffperception[gpu]') or use --provider cpu"
+                    f"This onnxruntime has no CUDAExecutionProvider (available: {available}): install "
+                    "onnxruntime-gpu (pip install 'diffperception[gpu]') or use --provider cpu."
                 )
             providers = [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
         try:
             session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception classes
             raise ValueError(
-                f"{self.path}: onnxruntime cannot load this model ({exc}). If the file is corrupted "
+                f"ONNX Runtime cannot load {self.path} ({exc}). If the file is corrupted "
                 "or truncated, export it again with diffperception."
             ) from None
         if self.provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-            raise RuntimeError(f"onnxruntime could not start CUDA (providers: {session.get_providers()}); "
-                               "check the CUDA / cuDNN installation or use --provider cpu")
+            raise RuntimeError(f"ONNX Runtime could not start CUDA (providers: {session.get_providers()}): "
+                               "check the CUDA / cuDNN installation or use --provider cpu.")
         return session
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -216,7 +219,7 @@ class TensorRTRunner(_Runner):
         """
         self.path = Path(engine_path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"engine file not found: {self.path}")
+            raise FileNotFoundError(f"Engine file not found: {self.path}.")
         self.sidecar = load_sidecar(self.path)
         self.contract = contract_from_sidecar(self.sidecar, str(self.path))
         check_engine_compatible(self.sidecar, **gpu_environment(device))
@@ -226,8 +229,8 @@ class TensorRTRunner(_Runner):
         self._runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {self.path}; rebuild it with "
-                               f"`{BUILD_COMMAND} model.onnx`")
+            raise RuntimeError(f"TensorRT could not deserialize {self.path}: rebuild it with "
+                               f"`{BUILD_COMMAND} model.onnx`.")
         self._check_io()
         self.context = self.engine.create_execution_context()
         self._stream = cuda_call(self._cudart.cudaStreamCreate())
@@ -241,7 +244,8 @@ class TensorRTRunner(_Runner):
         is_input = {n: self.engine.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT for n in names}
         wanted = {self.contract.input.name: True, **{o.name: False for o in self.contract.outputs}}
         if any(is_input.get(name) is not want for name, want in wanted.items()):
-            raise RuntimeError(f"{self.path}: engine tensors {is_input} do not match the sidecar contract; rebuild it")
+            raise RuntimeError(f"The engine tensors {is_input} of {self.path} do not match the sidecar contract: "
+                               "rebuild it.")
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         """Return a device buffer of at least ``nbytes`` for ``name`` (cached).
@@ -261,7 +265,7 @@ class TensorRTRunner(_Runner):
         trt, cudart, name = self._trt, self._cudart, self.contract.input.name
         batch = np.ascontiguousarray(batch, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
         if not self.context.set_input_shape(name, batch.shape):
-            raise ValueError(f"{self.path}: input shape {batch.shape} is outside the engine's profile")
+            raise ValueError(f"Input shape {batch.shape} is outside the profile of the engine {self.path}.")
         kind = cudart.cudaMemcpyKind
         pointer = self._device_buffer(name, batch.nbytes)
         cuda_call(cudart.cudaMemcpyAsync(pointer, batch.ctypes.data, batch.nbytes, kind.cudaMemcpyHostToDevice,
@@ -273,7 +277,7 @@ class TensorRTRunner(_Runner):
             outputs[spec.name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(spec.name)))
             self.context.set_tensor_address(spec.name, self._device_buffer(spec.name, outputs[spec.name].nbytes))
         if not self.context.execute_async_v3(self._stream):
-            raise RuntimeError(f"{self.path}: TensorRT execution failed (see the log above)")
+            raise RuntimeError(f"TensorRT execution of {self.path} failed (see the log above).")
         for spec in self.contract.outputs:
             host = outputs[spec.name]
             cuda_call(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[spec.name][0], host.nbytes,
@@ -307,22 +311,23 @@ def load_runner(path: str | Path, **kwargs: Any) -> OnnxRunner | TensorRTRunner:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise FileNotFoundError(f"Model file not found: {path}.")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return OnnxRunner(path, **kwargs)
     if suffix in ENGINE_SUFFIXES:
         return TensorRTRunner(path, **kwargs)
-    raise ValueError(f"{path}: unknown model type {suffix!r}; pass an .onnx file or a TensorRT .engine")
+    raise ValueError(f"Unknown model type {suffix!r} of {path}: pass an .onnx file or a TensorRT .engine.")
 
 
 def _summary(runner: _Runner, count: int) -> str:
     spec, meta = runner.contract.input, runner.contract.metadata
     lines = [f"model: {runner.contract.source}",
              f"input: {spec.name} {list(spec.shape)} {spec.dtype}; {count} sample(s)"]
-    for key in ("source_repo", "taps", "timesteps", "precision"):
-        if f"diffperception.{key}" in meta:
-            lines.append(f"{key}: {meta[f'diffperception.{key}']}")
+    lines.append(f"outputs: {json.dumps(runner.contract.output_keys)}")
+    for name in ("source_repo", "timesteps", "labels", "precision"):
+        if metadata_key(name) in meta:
+            lines.append(f"{name}: {meta[metadata_key(name)]}")
     sidecar = getattr(runner, "sidecar", None)
     if sidecar:
         lines.append(f"engine: {sidecar.get('precision')} for {sidecar.get('gpu_name')}, "
@@ -330,9 +335,14 @@ def _summary(runner: _Runner, count: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 on a usage / input error)."""
-    prog = f"python -m {__package__ or 'export'}.run"
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """CLI entry point; returns the exit status (2 on a usage / input error).
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        prog: The command name shown in usage messages.
+    """
+    prog = prog or f"python -m {__package__ or 'export'}.run"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("model", type=Path, help=".onnx file or TensorRT .engine")
     parser.add_argument("inputs", nargs="+", help="image files (or .npy arrays for latent-input models)")
@@ -348,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(_summary(runner, len(next(iter(outputs.values())))))
-    for tap, value in outputs.items():
-        print(f"{tap}: shape={tuple(value.shape)} dtype={value.dtype} mean={value.mean():.6g} std={value.std():.6g}")
+    for key, value in outputs.items():
+        print(f"{key}: shape={tuple(value.shape)} dtype={value.dtype} mean={value.mean():.6g} std={value.std():.6g}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.out, **outputs)

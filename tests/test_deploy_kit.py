@@ -49,7 +49,7 @@ def _metadata(contract: dict, value_range=(-1.0, 1.0), crop: str = "center") -> 
         "diffperception.contract": json.dumps(contract),
         "diffperception.preprocess": json.dumps(
             {"size": [SIZE, SIZE], "resize": "bicubic", "crop": crop, "range": list(value_range)}),
-        "diffperception.taps": json.dumps(list(TAPS.values())),
+        "diffperception.outputs": json.dumps(list(TAPS.values())),
         "diffperception.timesteps": json.dumps([100]),
         "diffperception.noise_seed": "0",
         "diffperception.source_repo": "tiny/test-unet",
@@ -83,8 +83,8 @@ def make_image_model(path: Path, *, batch=1, batch_range=(1, 1, 1), dtype="float
     contract = {
         "inputs": [{"name": "images", "shape": [dim0, 3, SIZE, SIZE], "dtype": dtype,
                     "range": list(value_range), "layout": "NCHW"}],
-        "outputs": [{"name": "up_blocks_1", "tap": "up_blocks.1", "shape": [dim0, 4, SIZE, SIZE], "dtype": dtype},
-                    {"name": "down_blocks_0", "tap": "down_blocks.0",
+        "outputs": [{"name": "up_blocks_1", "key": "up_blocks.1", "shape": [dim0, 4, SIZE, SIZE], "dtype": dtype},
+                    {"name": "down_blocks_0", "key": "down_blocks.0",
                      "shape": [dim0, 4, SIZE // 2, SIZE // 2], "dtype": dtype}],
         "batch": {"min": lo, "opt": opt, "max": hi},
     }
@@ -104,7 +104,7 @@ def make_latent_model(path: Path) -> Path:
         [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     contract = {"inputs": [{"name": "latents", "shape": shape, "dtype": "float32", "range": None, "layout": "NCHW"}],
-                "outputs": [{"name": "mid_block", "tap": "mid_block", "shape": shape, "dtype": "float32"}],
+                "outputs": [{"name": "mid_block", "key": "mid_block", "shape": shape, "dtype": "float32"}],
                 "batch": {"min": 1, "opt": 2, "max": 4}}
     meta = _metadata(contract)
     del meta["diffperception.preprocess"]
@@ -166,7 +166,7 @@ def test_contract_read_from_onnx_metadata(dynamic_model: Path) -> None:
     contract = load_contract(dynamic_model)
     assert contract.input.name == "images" and contract.dynamic_batch
     assert (contract.batch_min, contract.batch_opt, contract.batch_max) == (1, 2, 4)
-    assert [o.tap for o in contract.outputs] == ["up_blocks.1", "down_blocks.0"]
+    assert [o.key for o in contract.outputs] == ["up_blocks.1", "down_blocks.0"]
     assert contract.metadata["diffperception.source_repo"] == "tiny/test-unet"
     assert contract.preprocess.size == (SIZE, SIZE) and contract.input.range == (-1.0, 1.0)
 
@@ -276,7 +276,7 @@ def test_corrupted_or_non_onnx_file(tmp_path: Path, static_model: Path) -> None:
     files["png.onnx"] = write_png(tmp_path / "x.png").read_bytes()
     for name, payload in files.items():
         (tmp_path / name).write_bytes(payload)
-        with pytest.raises(ValueError, match=rf"{name}.*not a valid ONNX model.*export it again"):
+        with pytest.raises(ValueError, match=rf"The file .*{name} is not a valid ONNX model.*export it again"):
             load_runner(tmp_path / name)
 
 
@@ -284,7 +284,7 @@ def test_graph_onnxruntime_cannot_load(tmp_path: Path, static_model: Path) -> No
     model = onnx.load(str(static_model))
     model.graph.node[0].op_type = "NotAnOperator"
     onnx.save(model, str(tmp_path / "broken.onnx"))
-    with pytest.raises(ValueError, match="broken.onnx: onnxruntime cannot load this model.*export it again"):
+    with pytest.raises(ValueError, match="ONNX Runtime cannot load .*broken.onnx.*export it again"):
         OnnxRunner(tmp_path / "broken.onnx")
 
 
@@ -294,29 +294,29 @@ def test_missing_files(tmp_path: Path, static_model: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.png"):
         OnnxRunner(static_model).run_images([tmp_path / "missing.png"])
     (tmp_path / "model.bin").write_bytes(b"x")
-    with pytest.raises(ValueError, match="unknown model type"):
+    with pytest.raises(ValueError, match="Unknown model type"):
         load_runner(tmp_path / "model.bin")
 
 
 def test_bad_arrays(tmp_path: Path, static_model: Path, dynamic_model: Path) -> None:
     latent = load_runner(make_latent_model(tmp_path / "lat.onnx"))
-    with pytest.raises(ValueError, match=r"wrong spatial size \(16, 16\).*\(8, 8\)"):
+    with pytest.raises(ValueError, match=r"Wrong spatial size \(16, 16\).*\(8, 8\)"):
         latent(np.zeros((1, 4, 16, 16), np.float32))
     np.save(tmp_path / "small.npy", np.zeros((4, 4, 4), np.float32))
-    with pytest.raises(ValueError, match="small.npy: wrong spatial size"):
+    with pytest.raises(ValueError, match="Wrong spatial size .* in .*small.npy"):
         latent.run_images([tmp_path / "small.npy"])
-    with pytest.raises(ValueError, match="wrong channel count 3.*4 channels"):
+    with pytest.raises(ValueError, match="Wrong channel count 3.*4 channels"):
         latent(np.zeros((1, 3, SIZE, SIZE), np.float32))
     dynamic = OnnxRunner(dynamic_model)
-    with pytest.raises(ValueError, match=r"batch size 5 is outside the model's range \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"Batch size 5 is outside the model's range \[1, 4\]"):
         dynamic(np.zeros((5, 3, SIZE, SIZE), np.float32))
-    with pytest.raises(ValueError, match=r"batch size 2 is outside the model's range \[1, 1\]"):
+    with pytest.raises(ValueError, match=r"Batch size 2 is outside the model's range \[1, 1\]"):
         OnnxRunner(static_model)(np.zeros((2, 3, SIZE, SIZE), np.float32))
     bad = np.zeros((3, 3, SIZE, SIZE), np.float32)
     bad[1, 0, 2, 2] = np.nan
     with pytest.raises(ValueError, match=r"NaN.*\[1\]"):
         dynamic(bad)
-    with pytest.raises(ValueError, match="expected a numeric"):
+    with pytest.raises(ValueError, match="Expected a numeric"):
         prepare_batch([np.zeros((SIZE, SIZE), np.float32)], dynamic.contract)
 
 
@@ -378,7 +378,7 @@ def test_copied_kit_runs_standalone_and_reports_errors(tmp_path: Path, static_mo
     assert proc.returncode == 0, proc.stderr
     assert "up_blocks.1: shape=(1, 4, 8, 8)" in proc.stdout
     proc = _run_blocked("kit.run", ["kit.run", str(static_model), str(tmp_path / "gone.png")], tmp_path)
-    assert proc.returncode == 2 and "error: input file not found" in proc.stderr and "gone.png" in proc.stderr
+    assert proc.returncode == 2 and "error: Input file not found" in proc.stderr and "gone.png" in proc.stderr
 
 
 def test_kit_sources_import_nothing_forbidden() -> None:

@@ -23,8 +23,9 @@ from diffperception import DiffusionPerceptionForFeatureExtraction
 from diffperception.deploy.contract import load_contract, prepare_batch, read_onnx_metadata
 from diffperception.deploy.run import OnnxRunner
 from diffperception.export import ExportResult, to_onnx, to_pt2, to_tensorrt, to_torchscript
-from diffperception.export.cli import _size, export_model
-from diffperception.export.contract import build_contract, normalize_batch, sanitize_output_names
+from diffperception.export.cli import export_model
+from diffperception.export.contract import build_contract, sanitize_output_names
+from diffperception.export.options import normalize_batch, parse_size
 from diffperception.export.graph import eager_outputs, example_input, prepare_export
 from diffperception.export.parity import TOLERANCES, check_parity, compare_outputs
 from diffperception.export.pt2 import load_pt2_metadata
@@ -91,12 +92,13 @@ def test_onnx_metadata_round_trips(onnx_static: ExportResult, sd1_model) -> None
     stored = {p.key: p.value for p in onnx.load(str(onnx_static.path)).metadata_props}
     assert stored == onnx_static.metadata == read_onnx_metadata(onnx_static.path)
     contract = load_contract(onnx_static.path)  # the deployment kit's parser accepts it
-    assert contract.raw == onnx_static.contract
+    assert contract.to_dict() == onnx_static.contract
     assert contract.input.name == "images" and contract.input.range == (0.0, 1.0)
-    assert [(o.name, o.tap, o.shape) for o in contract.outputs] == [("up_ft_1", "up_ft.1", (1, 32, 8, 8))]
+    assert [(o.name, o.key, o.shape) for o in contract.outputs] == [("up_ft_1", "up_ft.1", (1, 32, 8, 8))]
     assert (contract.batch_min, contract.batch_max) == (1, 1)
     config = sd1_model.config
-    assert json.loads(stored["diffperception.taps"]) == ["up_ft.1"]
+    assert json.loads(stored["diffperception.outputs"]) == ["up_ft.1"]
+    assert "diffperception.taps" not in stored
     assert json.loads(stored["diffperception.timesteps"]) == config.features.timesteps == [261]
     assert stored["diffperception.noise_seed"] == str(config.features.noise.seed)
     assert stored["diffperception.source_repo"] == config.backbone.repo_id
@@ -162,7 +164,7 @@ def test_onnx_fp16_dynamic_resize_and_external_data(onnx_fp16_dynamic: ExportRes
     assert (contract.batch_min, contract.batch_opt, contract.batch_max) == (1, 2, 3)
     assert [o.name for o in contract.outputs] == ["up_ft_1", "up_blocks_1_attentions_0_transformer_blocks_0_attn1_attn"]
     assert contract.outputs[0].shape == ("batch", 2, 32, 8, 8)  # (B, T, C, h, w) for two timesteps
-    assert json.loads(contract.metadata["diffperception.preprocess"])["in_graph"] == ["resize", "scale"]
+    assert contract.preprocess.in_graph == ("resize", "scale") and contract.preprocess.model_size == SIZE
     assert contract.metadata["diffperception.precision"] == "fp16"
     runner = OnnxRunner(path)
     assert runner.session.get_inputs()[0].type == "tensor(float16)"
@@ -212,7 +214,7 @@ def test_parity_failure_is_an_error(sd1_prepared) -> None:
     def off_by_a_bit(inputs: torch.Tensor) -> dict:
         return {tap: value * 1.001 for tap, value in eager_outputs(prepared, inputs).items()}
 
-    with pytest.raises(RuntimeError, match=r"parity check failed for model.onnx \(fp32.*up_ft.1: max_abs="):
+    with pytest.raises(RuntimeError, match=r"The parity check failed for model.onnx \(fp32.*up_ft.1: max_abs="):
         check_parity(off_by_a_bit, prepared, precision="fp32", artifact="model.onnx")
     report = check_parity(off_by_a_bit, prepared, precision="fp16", artifact="model.onnx")
     assert 5e-4 < report["up_ft.1"]["max_rel"] < 2e-3
@@ -232,29 +234,35 @@ def test_contract_names_and_batches(sd1_prepared) -> None:
             normalize_batch(*bad)
     special = sd1_prepared.special
     contract = build_contract(special, batch_range=(2, 2, 2))
-    assert contract["inputs"][0]["shape"] == [2, 3, 64, 64] and contract["batch"] == {"min": 2, "opt": 2, "max": 2}
+    assert contract.input.shape == (2, 3, 64, 64) and (contract.batch_min, contract.batch_max) == (2, 2)
+    assert contract.to_dict()["batch"] == {"min": 2, "opt": 2, "max": 2}
     with pytest.raises(ValueError, match="dtype"):
         build_contract(special, dtype="bfloat16")
 
 
 def test_bad_options_are_clear_errors(sd1_model, sd1_prepared, tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="cannot export a Linear"):
+    with pytest.raises(TypeError, match="Cannot export a Linear"):
         to_onnx(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="opset"):
         to_onnx(sd1_model, tmp_path / "m.onnx", opset=16)
-    with pytest.raises(ValueError, match="include_resize applies to image inputs"):
+    with pytest.raises(ValueError, match="include_resize\\) applies to image inputs"):
         to_pt2(sd1_model, tmp_path / "m.pt2", latent_input=True, include_resize=(80, 80))
     with pytest.raises(ValueError, match="runs at size"):
         to_torchscript(sd1_prepared.special, tmp_path / "m.pt", size=(128, 128))
     with pytest.raises(ValueError, match="is a folder"):
         to_torchscript(sd1_model, tmp_path)
-    with pytest.raises(ValueError, match="fp32/fp16, not bf16"):
+    with pytest.raises(ValueError, match="The onnx exporter writes precision fp32/fp16, not 'bf16'"):
         export_model(sd1_model, "onnx", tmp_path, precision="bf16")
-    with pytest.raises(ValueError, match="fp16 is an ONNX / TensorRT option"):
+    with pytest.raises(ValueError, match="fp16 is a precision of the onnx / tensorrt exporters"):
         export_model(sd1_model, "pt2", tmp_path, precision="fp16")
-    with pytest.raises(ValueError, match="unknown format"):
+    with pytest.raises(ValueError, match="takes no opset.*opset is an option of the onnx, tensorrt exporters"):
+        export_model(sd1_model, "torchscript", tmp_path, opset=18)
+    with pytest.raises(ValueError, match="Unknown export format 'tflite'; choose one of"):
         export_model(sd1_model, "tflite", tmp_path)
-    assert _size("512x384") == (512, 384) and _size("96") == (96, 96)
+    assert parse_size("512x384") == (512, 384) and parse_size("96") == (96, 96)
+    for bad in ("0x4", "4x4x4", "ax4", ""):
+        with pytest.raises(ValueError, match="HxW"):
+            parse_size(bad)
 
 
 # --- TensorRT (the build needs tensorrt + CUDA; only argument checks run here) ---------------
@@ -274,6 +282,40 @@ def test_tensorrt_checks_arguments_before_building(onnx_static: ExportResult, tm
     except ImportError:
         with pytest.raises(RuntimeError, match="TensorRT is not available"):
             to_tensorrt(onnx_static.path, tmp_path / "m.engine")
+
+
+def test_tensorrt_flow_with_a_stand_in_builder(onnx_static: ExportResult, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything but TensorRT: the ONNX file's contract and profile, the sidecar, parity against the ONNX file."""
+    from diffperception.deploy import build_engine as be
+    from diffperception.export import tensorrt as trt_export
+    from diffperception.export.onnx import onnx_runner
+
+    built = {}
+
+    def stand_in_build(onnx_path, engine_path, *, precision, min_batch, opt_batch, max_batch, **_):
+        contract = load_contract(onnx_path)
+        profile = be.compute_profile(contract, min_batch, opt_batch, max_batch)
+        Path(engine_path).write_bytes(b"stand-in engine")
+        sidecar = be.make_sidecar(onnx_path, contract, precision=precision, profile=profile,
+                                  tensorrt_version="10.0.0", gpu_name="stand-in GPU", compute_capability="9.0")
+        be.sidecar_path(engine_path).write_text(json.dumps(sidecar))
+        built.update(onnx=Path(onnx_path), batches=(min_batch, opt_batch, max_batch))
+        return Path(engine_path)
+
+    def off_by_half_a_percent(self, path):  # the "engine": the ONNX file's outputs, 0.5 % too large
+        run = onnx_runner(built["onnx"])
+        return lambda x: {key: value * 1.005 for key, value in run(x).items()}
+
+    monkeypatch.setattr(be, "build_engine", stand_in_build)
+    monkeypatch.setattr(trt_export.TensorRTExporter, "runner", off_by_half_a_percent)
+    result = to_tensorrt(onnx_static.path, tmp_path / "m.engine", precision="fp16")
+    assert built == {"onnx": onnx_static.path, "batches": (1, 1, 1)}
+    assert result.files == [tmp_path / "m.engine", tmp_path / "m.engine.json"]
+    assert result.contract == onnx_static.contract and result.metadata["diffperception.precision"] == "fp16"
+    assert 4e-3 < result.parity["up_ft.1"]["max_rel"] < 6e-3 and result.parity["up_ft.1"]["tolerance"] == 1e-2
+    with pytest.raises(RuntimeError, match=r"The parity check failed for .*m32.engine \(fp32"):
+        to_tensorrt(onnx_static.path, tmp_path / "m32.engine", precision="fp32")
 
 
 @pytest.mark.gpu
@@ -311,4 +353,4 @@ def test_cli_exports_a_saved_model(tiny_repos, tmp_path: Path, capsys: pytest.Ca
     stored = load_torchscript_metadata(tmp_path / "build" / "model.pt")
     assert stored["contract"]["inputs"][0]["shape"] == [2, 3, 32, 32]
     assert main(["export", "--format", "onnx", "--out", str(tmp_path)]) == 2
-    assert "pass either MODEL" in capsys.readouterr().err
+    assert "Pass either MODEL" in capsys.readouterr().err

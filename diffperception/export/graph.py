@@ -1,6 +1,15 @@
 """What gets exported: the specialised module, wrapped with the options every exporter shares.
 
-``prepare_export`` specialises a task model (or takes an already specialised module),
+A specialised module (what ``model.specialize(size, latent_input=)`` returns for any task
+model) takes images (or latents) only and has:
+
+* ``size``: ``(H, W)`` it runs at; ``latent_input``: whether it takes latents;
+* ``source_config``: the task config dict (preprocessing, features, labels, backbone);
+* ``noise``: its fixed noise buffer ``(T, E, 1, C, h, w)`` (gives the latent input shape);
+* ``forward(x) -> {output key: tensor}``: tap names for the feature extractor,
+  ``{"logits": (B, num_labels)}`` for an image classifier.
+
+:func:`prepare_export` specialises a task model (or takes an already specialised module),
 optionally puts the resize to the model size in front of it, runs it once on a seeded
 example batch and declares the contract. Every exporter starts from the resulting
 :class:`PreparedExport`.
@@ -12,36 +21,36 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import PreprocessConfig
+from ..deploy.contract import BATCH_DIM, LATENTS, Contract, input_spec
 from ..features.preprocess import resize_and_crop
-from .contract import BATCH_DIM, build_contract, input_sample_shape, normalize_batch
+from .contract import build_contract, input_name, input_sample_shape
+from .options import ExportOptions
 
-__all__ = ["ExportGraph", "PreparedExport", "eager_outputs", "example_input", "prepare_export",
-           "restore_taps", "specialise"]
+__all__ = ["ExportGraph", "PreparedExport", "REQUIRED_ATTRIBUTES", "Runner", "as_specialized", "eager_outputs",
+           "example_input", "prepare_export", "quiet_capture_warnings"]
 
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-def _is_specialised(model: nn.Module) -> bool:
-    return isinstance(model, nn.Module) and hasattr(model, "source_config") and hasattr(model, "size")
+# Runs an artifact (or the reference) on a float32 input batch: output key -> array / tensor.
+Runner = Callable[[torch.Tensor], Mapping[str, Any]]
+REQUIRED_ATTRIBUTES = ("size", "source_config", "latent_input")
 
 
-def specialise(model: nn.Module, size: Sequence[int] | None = None, latent_input: bool = False) -> nn.Module:
-    """The images-only module of ``model``.
+def _is_specialized(model: nn.Module) -> bool:
+    return isinstance(model, nn.Module) and all(hasattr(model, name) for name in REQUIRED_ATTRIBUTES)
+
+
+def as_specialized(model: nn.Module, size: Sequence[int] | None = None, latent_input: bool = False) -> nn.Module:
+    """The images-only module of ``model``, in eval mode.
 
     Args:
-        model: A task model with ``specialize(size=, latent_input=)`` (e.g.
-            ``DiffusionPerceptionForFeatureExtraction``) or an already specialised module
-            (``SpecializedFeatureExtractor``, passed through after checking the options).
+        model: A task model with ``specialize(size, latent_input=)`` or an already
+            specialised module (passed through after checking the options).
         size: ``(H, W)`` the model runs at (default: the model's ``preprocess.size``).
         latent_input: Take latents instead of images (leaves the VAE encoder out).
 
@@ -49,17 +58,18 @@ def specialise(model: nn.Module, size: Sequence[int] | None = None, latent_input
         TypeError: ``model`` is neither specialisable nor specialised.
         ValueError: A specialised module was given with a different size / input kind.
     """
-    if _is_specialised(model):
+    if _is_specialized(model):
         if size is not None and tuple(size) != tuple(model.size):
-            raise ValueError(f"the specialised module runs at size {tuple(model.size)}, not {tuple(size)}; "
-                             "pass the task model itself to export at another size")
-        if bool(latent_input) != bool(getattr(model, "latent_input", False)):
-            raise ValueError(f"the specialised module was built with latent_input={model.latent_input}; "
-                             "pass the task model itself to export with the other input kind")
+            raise ValueError(f"The specialised module runs at size {tuple(model.size)}, not {tuple(size)}; "
+                             "pass the task model itself to export at another size.")
+        if bool(latent_input) != bool(model.latent_input):
+            raise ValueError(f"The specialised module was built with latent_input={model.latent_input}; "
+                             "pass the task model itself to export with the other input kind.")
         return model.eval()
     if not callable(getattr(model, "specialize", None)):
-        raise TypeError(f"cannot export a {type(model).__name__}: pass a diffperception task model "
-                        "(e.g. DiffusionPerceptionForFeatureExtraction) or its specialize() result")
+        raise TypeError(f"Cannot export a {type(model).__name__}: pass a diffperception task model "
+                        "(e.g. DiffusionPerceptionForFeatureExtraction) or its specialize() result, a module "
+                        f"with {', '.join(REQUIRED_ATTRIBUTES)} attributes.")
     return model.specialize(tuple(size) if size is not None else None, latent_input=latent_input).eval()
 
 
@@ -67,11 +77,11 @@ class ExportGraph(nn.Module):
     """The exported forward: optional resize to the model size, then the specialised module.
 
     Args:
-        special: The specialised module (one input -> ``{name: tensor}``).
+        special: The specialised module (one input -> ``{output key: tensor}``).
         input_size: ``(H, W)`` of the images the graph takes; they are resized (and
             centre-cropped, as ``preprocess`` says) to ``special.size`` inside the graph.
             None takes images already at ``special.size``.
-        as_tuple: Return the outputs as a tuple in ``output order`` (ONNX) instead of a dict.
+        as_tuple: Return the outputs as a tuple in output order (ONNX) instead of a dict.
     """
 
     def __init__(self, special: nn.Module, *, input_size: Sequence[int] | None = None,
@@ -81,7 +91,7 @@ class ExportGraph(nn.Module):
         self.as_tuple = as_tuple
         self.resize: PreprocessConfig | None = None
         if input_size is not None and tuple(input_size) != tuple(special.size):
-            pre = dict(getattr(special, "source_config", {}).get("preprocess", {}))
+            pre = dict(special.source_config or {}).get("preprocess", {})
             self.resize = PreprocessConfig(size=[int(v) for v in special.size],
                                            resize=pre.get("resize", "bicubic"), crop=pre.get("crop", "center"))
 
@@ -91,10 +101,19 @@ class ExportGraph(nn.Module):
         outputs = self.special(inputs)
         return tuple(outputs.values()) if self.as_tuple else outputs
 
+    @contextlib.contextmanager
+    def returning_tuple(self) -> Iterator[ExportGraph]:
+        """Return the outputs as a tuple inside the block (exporters that name outputs by position)."""
+        previous, self.as_tuple = self.as_tuple, True
+        try:
+            yield self
+        finally:
+            self.as_tuple = previous
+
 
 @contextlib.contextmanager
-def restore_taps(module: nn.Module) -> Iterator[None]:
-    """Silences torch.export's warning about the trunk's capture store.
+def quiet_capture_warnings() -> Iterator[None]:
+    """Silence torch.export's warning about the trunk's capture store.
 
     ``torch.export`` snapshots and restores plain module attributes, including the dict the
     trunk's capture hooks write into; the hooks reach that dict through the trunk at call time,
@@ -110,53 +129,59 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
-def example_input(contract: Mapping[str, Any], batch: int, *, seed: int = 0,
+def example_input(contract: Contract | Mapping[str, Any], batch: int, *, seed: int = 0,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A seeded input batch: images uniform in [0, 1], latents standard normal."""
-    spec = contract["inputs"][0]
-    shape = (batch, *spec["shape"][1:])
+    """A seeded input batch for a contract (object or JSON): images uniform in [0, 1], latents normal."""
+    spec = contract.input if isinstance(contract, Contract) else input_spec(contract)
+    return _seeded_input(spec.name, (batch, *spec.shape[1:]), seed, dtype)
+
+
+def _seeded_input(name: str, shape: Sequence[int], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    if spec["name"] == "latents":
-        return torch.randn(shape, generator=generator).to(dtype)
-    return torch.rand(shape, generator=generator).to(dtype)
+    if name == LATENTS:
+        return torch.randn(tuple(shape), generator=generator).to(dtype)
+    return torch.rand(tuple(shape), generator=generator).to(dtype)
 
 
 @dataclass
 class PreparedExport:
-    """A specialised module ready to export.
+    """What an exporter writes, and the reference its artifact is checked against.
 
     Attributes:
-        special: The specialised module.
-        graph: The module to trace / export (:class:`ExportGraph`).
-        contract: The contract (float32; exporters replace the dtype for fp16).
+        contract: The float32 contract (exporters change the dtype for fp16).
+        special: The specialised module (None when built from an exported file).
+        graph: The module to trace / export (None when built from an exported file).
         example: The example input the exporters trace with.
-        batch_range: ``(min, opt, max)``.
-        input_size: ``(H, W)`` of the image input when the graph resizes, else None.
-        latent_input: Whether the graph takes latents.
+        reference: Computes the expected outputs (default: the eager graph).
+        source: An exported file the artifact is built from (TensorRT builds from ONNX).
     """
 
-    special: nn.Module
-    graph: ExportGraph
-    contract: dict[str, Any]
-    example: torch.Tensor
-    batch_range: tuple[int, int, int]
-    input_size: tuple[int, int] | None
-    latent_input: bool
+    contract: Contract
+    special: nn.Module | None = None
+    graph: ExportGraph | None = None
+    example: torch.Tensor | None = None
+    reference: Runner | None = None
+    source: Path | None = None
+
+    @property
+    def batch_range(self) -> tuple[int, int, int]:
+        """``(min, opt, max)``."""
+        return self.contract.batch_min, self.contract.batch_opt, self.contract.batch_max
 
     @property
     def dynamic(self) -> bool:
         """Whether the batch dimension is dynamic."""
-        return self.batch_range[0] < self.batch_range[2]
+        return self.contract.dynamic_batch
 
     @property
-    def taps(self) -> list[str]:
-        """Output (tap) names in contract order."""
-        return [o["tap"] for o in self.contract["outputs"]]
+    def output_keys(self) -> list[str]:
+        """Output keys (taps, ``logits``, ...) in contract order."""
+        return self.contract.output_keys
 
     @property
     def output_names(self) -> list[str]:
         """Sanitised graph output names in contract order."""
-        return [o["name"] for o in self.contract["outputs"]]
+        return [spec.name for spec in self.contract.outputs]
 
     def dynamic_shapes(self) -> tuple[dict[int, Any]] | None:
         """``torch.export`` dynamic shapes for the batch range (None for a static batch)."""
@@ -167,67 +192,51 @@ class PreparedExport:
 
     def check_batches(self) -> list[int]:
         """Batch sizes the parity check runs: the static batch, or both ends of the range."""
-        return sorted({self.batch_range[0], self.batch_range[2]})
+        return sorted({self.contract.batch_min, self.contract.batch_max})
+
+    def expected(self, inputs: torch.Tensor) -> Mapping[str, Any]:
+        """The reference outputs for ``inputs``, keyed by output key."""
+        return self.reference(inputs) if self.reference is not None else eager_outputs(self, inputs)
 
 
-def prepare_export(
-    model: nn.Module,
-    *,
-    size: Sequence[int] | None = None,
-    batch: int = 1,
-    batch_range: Sequence[int] | None = None,
-    latent_input: bool = False,
-    include_resize: Sequence[int] | None = None,
-    progress: Progress | None = None,
-) -> PreparedExport:
+def prepare_export(model: nn.Module, options: ExportOptions | None = None) -> PreparedExport:
     """Specialise ``model`` and declare what is exported.
 
     Args:
-        model: Task model or specialised module (see :func:`specialise`).
-        size: ``(H, W)`` the model runs at.
-        batch: Static batch size (without ``batch_range``).
-        batch_range: ``(min, opt, max)``; ``min < max`` gives a dynamic batch dimension.
-        latent_input: Export a latent-in graph (no VAE encoder).
-        include_resize: ``(H, W)`` of the images the graph takes; the graph resizes them
-            to ``size`` as the model's ``preprocess`` config says.
-        progress: Called with a line of text before slow steps.
+        model: Task model or specialised module (see :func:`as_specialized`).
+        options: Size, batch, input kind and in-graph resize (the rest is ignored here).
 
     Raises:
-        ValueError: Bad sizes or batch options, or a model in a dtype the contract cannot declare.
+        ValueError: Bad sizes, or a model in a dtype the contract cannot declare.
     """
-    say = progress or _quiet
-    low, opt, high = normalize_batch(batch, batch_range)
-    if include_resize is not None:
-        if latent_input:
-            raise ValueError("include_resize applies to image inputs; a latent-input graph takes latents")
-        include_resize = tuple(int(v) for v in include_resize)
-        if len(include_resize) != 2 or min(include_resize) < 1:
-            raise ValueError(f"include_resize must be (H, W) with positive sides, got {include_resize}")
-    say("specialising the model (timestep, prompt and noise become constants)")
-    special = specialise(model, size, latent_input)
+    options = options or ExportOptions()
+    low, opt, high = options.batches
+    options.say("specialising the model (timestep, prompt and noise become constants)")
+    special = as_specialized(model, options.size, options.latent_input)
     dtype = _module_dtype(special)
     if dtype != torch.float32:
-        raise ValueError(f"the model is in {dtype}; export a float32 model (fp16 ONNX / TensorRT "
-                         "precision are export options)")
-    graph = ExportGraph(special, input_size=include_resize).eval()
-    sample = input_sample_shape(special, latent_input, include_resize)
+        raise ValueError(f"The model is in {dtype}; export a float32 model (fp16 ONNX / TensorRT "
+                         "precision are export options).")
+    graph = ExportGraph(special, input_size=options.include_resize).eval()
+    sample = input_sample_shape(special, options.latent_input, options.include_resize)
     example_batch = opt if low == high else min(max(2, opt), high)  # torch.export specialises a size-1 example
-    probe = {"inputs": [{"name": "latents" if latent_input else "images", "shape": [example_batch, *sample]}]}
-    example = example_input(probe, example_batch)
+    example = _seeded_input(input_name(options.latent_input), (example_batch, *sample), seed=0)
     with torch.no_grad():
         outputs = graph(example)
-    contract = build_contract(special, batch, batch_range, latent_input, "float32", outputs=outputs,
-                              input_size=include_resize)
-    return PreparedExport(special, graph, contract, example, (low, opt, high), include_resize, latent_input)
+    contract = build_contract(special, options.batch, options.batch_range, options.latent_input, "float32",
+                              outputs=outputs, input_size=options.include_resize)
+    return PreparedExport(contract, special, graph, example)
 
 
 @torch.no_grad()
 def eager_outputs(prepared: PreparedExport, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The eager PyTorch outputs (the parity reference), keyed by tap name, float32."""
+    """The eager PyTorch outputs (the parity reference), keyed by output key, float32."""
     graph = prepared.graph
+    if graph is None:
+        raise ValueError("This export was built from a file, not a module; it has no eager outputs.")
     as_tuple, graph.as_tuple = graph.as_tuple, False
     try:
         outputs = graph(inputs.float())
     finally:
         graph.as_tuple = as_tuple
-    return {tap: value.detach().float() for tap, value in outputs.items()}
+    return {key: value.detach().float() for key, value in outputs.items()}

@@ -1,7 +1,8 @@
 """Parity of an exported artifact with eager PyTorch, and the result every exporter returns.
 
-Each exporter runs its artifact (TorchScript, ``.pt2``, ONNX Runtime on the CPU, a TensorRT
-engine) on seeded inputs next to the eager specialised module and reports, per output:
+The export flow runs each artifact (TorchScript, ``.pt2``, ONNX Runtime on the CPU, a TensorRT
+engine) with its exporter's ``runner`` on seeded inputs next to the reference (the eager
+specialised module; for an engine, the fp32 ONNX file it was built from) and reports, per output:
 
 * ``max_abs``: the largest absolute difference;
 * ``max_rel``: ``max_abs`` divided by the reference output's largest magnitude, so one
@@ -15,6 +16,7 @@ An output over its tolerance (or with a wrong shape, or NaN) makes the export fa
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,16 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .graph import PreparedExport, eager_outputs, example_input
+from ..deploy.contract import CONTRACT_KEY
+from .graph import PreparedExport, Runner, example_input
 
 __all__ = ["ExportResult", "TOLERANCES", "attach_parity", "check_parity", "compare_outputs", "files_size",
-           "format_summary", "make_result", "onnx_runner", "output_path", "pt2_runner", "tensorrt_runner", "torchscript_runner"]
+           "format_summary", "human_size", "make_result", "output_path"]
 
 # Bounds on max_rel (max-abs error / the reference's largest magnitude) per artifact precision.
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 _TINY = 1e-12
-
-Runner = Callable[[torch.Tensor], Mapping[str, Any]]
 
 
 @dataclass
@@ -43,11 +44,11 @@ class ExportResult:
 
     Attributes:
         path: The artifact (``.pt``, ``.pt2``, ``.onnx`` or ``.engine``).
-        format: ``"torchscript"``, ``"pt2"``, ``"onnx"`` or ``"tensorrt"``.
+        format: The exporter's registered name (``"torchscript"``, ``"pt2"``, ``"onnx"``, ``"tensorrt"``).
         size_bytes: Total size of ``files``.
         export_seconds: Wall time of specialising, exporting and saving (parity check excluded).
-        parity: Tap name -> ``{"max_abs", "max_rel", "tolerance"}`` (empty when not checked).
-        contract: The input / output contract (see ``diffperception.export.contract``).
+        parity: Output key -> ``{"max_abs", "max_rel", "tolerance"}`` (empty when not checked).
+        contract: The contract's JSON form (``diffperception.deploy.contract.Contract.to_dict``).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
         files: The artifact and the files it needs (ONNX external data, engine sidecar).
         parity_seconds: Wall time of the parity check.
@@ -78,25 +79,25 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 def compare_outputs(actual: Mapping[str, Any], expected: Mapping[str, torch.Tensor],
                     tolerance: float) -> dict[str, dict]:
-    """Per-output errors of ``actual`` against ``expected`` (both keyed by tap name).
+    """Per-output errors of ``actual`` against ``expected`` (both keyed by output key).
 
     A missing output or a shape mismatch is reported with infinite errors; NaN errors stay NaN.
     """
     report = {}
-    for tap, ref in expected.items():
+    for key, ref in expected.items():
         ref_np = _as_numpy(ref).astype(np.float64)
         entry: dict[str, Any] = {"max_abs": math.inf, "max_rel": math.inf, "tolerance": tolerance}
-        if tap not in actual:
+        if key not in actual:
             entry["problem"] = "missing from the artifact's outputs"
         else:
-            got = _as_numpy(actual[tap]).astype(np.float64)
+            got = _as_numpy(actual[key]).astype(np.float64)
             if got.shape != ref_np.shape:
                 entry["problem"] = f"shape {got.shape} != eager {ref_np.shape}"
             else:
                 max_abs = float(np.max(np.abs(got - ref_np))) if got.size else 0.0
                 scale = float(np.max(np.abs(ref_np))) if ref_np.size else 0.0
                 entry.update(max_abs=max_abs, max_rel=max_abs / max(scale, _TINY))
-        report[tap] = entry
+        report[key] = entry
     return report
 
 
@@ -111,27 +112,26 @@ def _severity(entry: Mapping[str, Any]) -> tuple[bool, bool, float]:
 
 def _merge(total: dict[str, dict], report: dict[str, dict]) -> None:
     """Keep the worst entry per output over the checked batches."""
-    for tap, entry in report.items():
-        if tap not in total or _severity(entry) > _severity(total[tap]):
-            total[tap] = entry
+    for key, entry in report.items():
+        if key not in total or _severity(entry) > _severity(total[key]):
+            total[key] = entry
 
 
-def check_parity(run: Runner, prepared: PreparedExport, *, precision: str, artifact: str | Path,
-                 reference: Runner | None = None, seed: int = 0,
+def check_parity(run: Runner, prepared: PreparedExport, *, precision: str, artifact: str | Path, seed: int = 0,
                  progress: Callable[[str], None] | None = None) -> dict[str, dict]:
-    """Run the artifact next to eager PyTorch on seeded inputs and compare every output.
+    """Run the artifact next to its reference on seeded inputs and compare every output.
 
     Args:
-        run: Runs the artifact on a float32 input batch; returns tap name -> array / tensor.
-        prepared: The export (its contract sets the input shape, its graph the reference).
+        run: Runs the artifact on a float32 input batch; returns output key -> array / tensor.
+        prepared: The export (its contract sets the input shape and the batches,
+            :meth:`PreparedExport.expected` the reference: eager PyTorch, or an fp32 ONNX file).
         precision: Artifact precision; picks the tolerance in :data:`TOLERANCES`.
         artifact: The artifact path (for messages).
-        reference: Another reference than the eager graph (e.g. an fp32 ONNX file).
         seed: Seed of the inputs (batch ``b`` uses ``seed + b``).
         progress: Called with a line of text per checked batch.
 
     Returns:
-        Tap name -> ``{"max_abs", "max_rel", "tolerance"}``, the worst over the checked batches.
+        Output key -> ``{"max_abs", "max_rel", "tolerance"}``, the worst over the checked batches.
 
     Raises:
         RuntimeError: An output is over its tolerance, has the wrong shape, is missing or NaN.
@@ -140,21 +140,21 @@ def check_parity(run: Runner, prepared: PreparedExport, *, precision: str, artif
     total: dict[str, dict] = {}
     for batch in prepared.check_batches():
         if progress:
-            progress(f"parity check against eager PyTorch, batch {batch}")
+            progress(f"parity check against {'eager PyTorch' if prepared.reference is None else 'the reference'}, "
+                     f"batch {batch}")
         inputs = example_input(prepared.contract, batch, seed=seed + batch)
-        expected = reference(inputs) if reference is not None else eager_outputs(prepared, inputs)
-        expected = {tap: torch.as_tensor(_as_numpy(v)) for tap, v in expected.items()}
+        expected = {key: torch.as_tensor(_as_numpy(v)) for key, v in prepared.expected(inputs).items()}
         _merge(total, compare_outputs(run(inputs), expected, tolerance))
-    failing = {tap: entry for tap, entry in total.items() if not _passed(entry)}
+    failing = {key: entry for key, entry in total.items() if not _passed(entry)}
     if failing:
-        lines = [f"{tap}: " + entry.get("problem", f"max_abs={entry['max_abs']:.3g} max_rel={entry['max_rel']:.3g}")
-                 for tap, entry in failing.items()]
+        lines = [f"{key}: " + entry.get("problem", f"max_abs={entry['max_abs']:.3g} max_rel={entry['max_rel']:.3g}")
+                 for key, entry in failing.items()]
         raise RuntimeError(
-            f"parity check failed for {artifact} ({precision}, tolerance {tolerance:g} on max-abs error / "
+            f"The parity check failed for {artifact} ({precision}, tolerance {tolerance:g} on max-abs error / "
             f"largest reference magnitude): " + "; ".join(lines) + ". The artifact does not compute what the "
             "eager model computes: do not deploy it. Try fp32, another opset, or report the model config."
         )
-    return {tap: {k: entry[k] for k in ("max_abs", "max_rel", "tolerance")} for tap, entry in total.items()}
+    return {key: {k: entry[k] for k in ("max_abs", "max_rel", "tolerance")} for key, entry in total.items()}
 
 
 def attach_parity(result: ExportResult, run: Runner, prepared: PreparedExport, **kwargs: Any) -> ExportResult:
@@ -170,72 +170,33 @@ def files_size(files: list[Path]) -> int:
     return sum(path.stat().st_size for path in files if path.is_file())
 
 
-def make_result(path: Path, fmt: str, prepared: PreparedExport, *, contract: dict, metadata: dict[str, str],
-                precision: str, started: float, files: list[Path] | None = None) -> ExportResult:
-    """The :class:`ExportResult` of a saved artifact (``started``: ``time.perf_counter()`` at the start)."""
+def make_result(path: Path, fmt: str, *, files: list[Path], metadata: dict[str, str], precision: str,
+                started: float) -> ExportResult:
+    """The :class:`ExportResult` of a saved artifact (its contract is read from ``metadata``).
+
+    Args:
+        path: The artifact.
+        fmt: The exporter's name.
+        files: The artifact and the files it needs.
+        metadata: The ``diffperception.*`` entries stored with it.
+        precision: Its precision.
+        started: ``time.perf_counter()`` at the start of the export.
+    """
     files = files or [path]
     return ExportResult(path=path, format=fmt, size_bytes=files_size(files),
-                        export_seconds=time.perf_counter() - started, parity={}, contract=contract,
-                        precision=precision, files=files, metadata=metadata)
+                        export_seconds=time.perf_counter() - started, parity={},
+                        contract=json.loads(metadata[CONTRACT_KEY]), precision=precision, files=files,
+                        metadata=metadata)
 
 
 def output_path(path: str | Path, suffix: str) -> Path:
     """Check an artifact path (a file path, not a folder) and create its folder."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the artifact's file path, e.g. {path / ('model' + suffix)}")
+        raise ValueError(f"The path {path} is a folder; pass the artifact's file path, e.g. "
+                         f"{path / ('model' + suffix)}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
-
-
-# --- artifact runners -----------------------------------------------------------------------
-
-
-def _keyed(outputs: Any, taps: list[str]) -> dict[str, Any]:
-    if isinstance(outputs, Mapping):
-        return dict(outputs)
-    return dict(zip(taps, outputs))
-
-
-def torchscript_runner(path: str | Path, taps: list[str]) -> Runner:
-    """Runs a saved TorchScript file (``torch.jit.load``)."""
-    module = torch.jit.load(str(path), map_location="cpu")
-
-    def run(inputs: torch.Tensor) -> dict[str, Any]:
-        with torch.no_grad():
-            return _keyed(module(inputs), taps)
-
-    return run
-
-
-def pt2_runner(path: str | Path, taps: list[str]) -> Runner:
-    """Runs a saved ``torch.export`` program (``torch.export.load(path).module()``)."""
-    module = torch.export.load(str(path)).module()
-
-    def run(inputs: torch.Tensor) -> dict[str, Any]:
-        with torch.no_grad():
-            return _keyed(module(inputs), taps)
-
-    return run
-
-
-def onnx_runner(path: str | Path, provider: str = "cpu") -> Runner:
-    """Runs an ONNX file with the deployment kit's ``OnnxRunner`` (checks its contract, too)."""
-    from ..deploy.run import OnnxRunner
-
-    runner = OnnxRunner(path, provider=provider)
-    return lambda inputs: runner(inputs.detach().cpu().numpy())
-
-
-def tensorrt_runner(path: str | Path) -> Runner:
-    """Runs a TensorRT engine with the kit's ``TensorRTRunner``.
-
-    Untested in this repository's CI (no GPU / tensorrt available).
-    """
-    from ..deploy.run import TensorRTRunner
-
-    runner = TensorRTRunner(path)
-    return lambda inputs: runner(inputs.detach().cpu().numpy())
 
 
 # --- summary --------------------------------------------------------------------------------
@@ -262,9 +223,9 @@ def format_summary(result: ExportResult) -> str:
     if not result.parity:
         lines.append("parity:      not checked")
         return "\n".join(lines)
-    width = max(len(tap) for tap in result.parity)
+    width = max(len(key) for key in result.parity)
     lines.append(f"parity:      {'output':<{width}}  {'max_abs':>10}  {'max_rel':>10}  {'tolerance':>9}")
-    for tap, entry in result.parity.items():
-        lines.append(f"{'':<12} {tap:<{width}}  {entry['max_abs']:>10.3g}  {entry['max_rel']:>10.3g}  "
+    for key, entry in result.parity.items():
+        lines.append(f"{'':<12} {key:<{width}}  {entry['max_abs']:>10.3g}  {entry['max_rel']:>10.3g}  "
                      f"{entry['tolerance']:>9.3g}")
     return "\n".join(lines)

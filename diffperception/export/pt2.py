@@ -2,56 +2,56 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .contract import build_metadata
-from .graph import prepare_export, restore_taps
-from .parity import ExportResult, attach_parity, make_result, output_path, pt2_runner
+from .graph import PreparedExport, quiet_capture_warnings
+from .options import with_export_options
+from .parity import ExportResult
+from .registry import export, register_exporter
+from .torch_program import TorchProgramExporter, stored_contract
 
-__all__ = ["EXTRA_FILE", "load_pt2_metadata", "to_pt2"]
-
-EXTRA_FILE = "diffperception.json"
+__all__ = ["Pt2Exporter", "load_pt2_metadata", "to_pt2"]
 
 
-def to_pt2(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    size: Sequence[int] | None = None,
-    batch: int = 1,
-    batch_range: Sequence[int] | None = None,
-    latent_input: bool = False,
-    include_resize: Sequence[int] | None = None,
-    check: bool = True,
-    progress: Callable[[str], None] | None = None,
-) -> ExportResult:
-    """Export a model with ``torch.export`` and save the program as a ``.pt2`` file.
+@register_exporter("pt2", suffix=".pt2", precisions=("fp32",))
+class Pt2Exporter(TorchProgramExporter):
+    """A ``torch.export`` program (``.pt2``); a batch range becomes a ``torch.export.Dim``."""
+
+    kind = ".pt2"
+
+    def save(self, prepared: PreparedExport, path: Path, extra_files: dict[str, str],
+             progress: Callable[[str], None]) -> None:
+        progress("exporting with torch.export")
+        with torch.no_grad(), quiet_capture_warnings():
+            program = torch.export.export(prepared.graph, (prepared.example,),
+                                          dynamic_shapes=prepared.dynamic_shapes(), strict=False)
+        torch.export.save(program, str(path), extra_files=extra_files)
+
+    def load(self, path: Path, extra_files: dict[str, str] | None = None) -> nn.Module:
+        return torch.export.load(str(path), extra_files=extra_files).module()
+
+
+@with_export_options()
+def to_pt2(model: nn.Module, path: str | Path, **options: Any) -> ExportResult:
+    """Export a model with ``torch.export`` and save the program as ``.pt2`` (``export(model, "pt2", path)``).
 
     Load it with ``torch.export.load(path).module()``; the module takes one float32 batch and
-    returns ``{tap name: tensor}``. The contract and metadata are stored as the extra file
+    returns ``{output key: tensor}``. The metadata is stored as the extra file
     ``diffperception.json`` (read it with :func:`load_pt2_metadata`).
 
     Args:
         model: A task model (specialised here) or a specialised module.
         path: The ``.pt2`` file to write.
-        size: ``(H, W)`` the model runs at (default: the model's ``preprocess.size``).
-        batch: Static batch size (without ``batch_range``).
-        batch_range: ``(min, opt, max)``: the program's batch dimension is a
-            ``torch.export.Dim`` with these bounds.
-        latent_input: Take latents instead of images (no VAE encoder).
-        include_resize: ``(H, W)`` of the images the program takes; resized to ``size`` inside.
-        check: Compare the saved program with eager PyTorch (a failure raises).
-        progress: Called with a line of text before slow steps.
+        **options: :class:`~diffperception.export.options.ExportOptions` fields; a
+            ``batch_range`` makes the program's batch dimension a ``torch.export.Dim``.
 
     Returns:
-        The :class:`ExportResult`.
+        The :class:`~diffperception.export.parity.ExportResult`.
 
     Raises:
         ValueError: Bad options.
@@ -61,23 +61,7 @@ def to_pt2(
         >>> to_pt2(model, "build/model.pt2", size=(512, 512), batch_range=(1, 4, 8))
         >>> feats = torch.export.load("build/model.pt2").module()(images)
     """
-    path = output_path(path, ".pt2")
-    started = time.perf_counter()
-    prepared = prepare_export(model, size=size, batch=batch, batch_range=batch_range, latent_input=latent_input,
-                              include_resize=include_resize, progress=progress)
-    if progress:
-        progress("exporting with torch.export")
-    with torch.no_grad(), restore_taps(prepared.graph):
-        program = torch.export.export(prepared.graph, (prepared.example,),
-                                      dynamic_shapes=prepared.dynamic_shapes(), strict=False)
-    metadata = build_metadata(prepared.special, prepared.contract, "fp32", input_size=prepared.input_size)
-    extra = {EXTRA_FILE: json.dumps({"contract": prepared.contract, "metadata": metadata})}
-    torch.export.save(program, str(path), extra_files=extra)
-    result = make_result(path, "pt2", prepared, contract=prepared.contract, metadata=metadata,
-                         precision="fp32", started=started)
-    if check:
-        attach_parity(result, pt2_runner(path, prepared.taps), prepared, progress=progress)
-    return result
+    return export(model, "pt2", path, **options)
 
 
 def load_pt2_metadata(path: str | Path) -> dict[str, Any]:
@@ -87,11 +71,4 @@ def load_pt2_metadata(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: No such file.
         ValueError: The file has no diffperception contract.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f".pt2 file not found: {path}")
-    extra = {EXTRA_FILE: ""}
-    torch.export.load(str(path), extra_files=extra)
-    if not extra[EXTRA_FILE]:
-        raise ValueError(f"{path} has no {EXTRA_FILE}: it was not exported by diffperception")
-    return json.loads(extra[EXTRA_FILE])
+    return stored_contract(Pt2Exporter(), path)

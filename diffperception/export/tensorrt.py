@@ -2,149 +2,146 @@
 
 The engine is saved with a ``<engine>.json`` sidecar (TensorRT version, GPU name, compute
 capability, precision, ONNX sha256, contract); loading it on another GPU model or TensorRT
-version raises an error that says to rebuild from the ONNX file.
+version raises an error that says to rebuild from the ONNX file. The parity reference of an
+engine is the fp32 ONNX file it was built from, run by ONNX Runtime on the CPU.
 
-Untested in this repository's CI (no GPU / tensorrt available there): only the argument
-checks that run before TensorRT is imported are tested.
+The engine build and run need a GPU with tensorrt; without one only the argument checks that
+run before TensorRT is imported are tested.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
-from .contract import normalize_batch
-from .parity import ExportResult, check_parity, files_size, onnx_runner, output_path, tensorrt_runner
+from ..deploy.contract import load_contract, sidecar_path
+from .graph import PreparedExport, Runner
+from .onnx import check_opset, onnx_runner
+from .options import ExportOptions, with_export_options
+from .parity import ExportResult
+from .registry import Exporter, export, register_exporter
 
-__all__ = ["to_tensorrt"]
-
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def _onnx_file(model_or_onnx_path: nn.Module | str | Path, engine_path: Path, *, size, batch, batch_range,
-               latent_input, include_resize, opset, check, progress) -> Path:
-    """The ONNX file to build from: the given one, or a fresh fp32 export next to the engine."""
-    if isinstance(model_or_onnx_path, (str, Path)):
-        onnx_path = Path(model_or_onnx_path)
-        if not onnx_path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
-        if size is not None or include_resize is not None or latent_input:
-            raise ValueError("size / latent_input / include_resize apply when exporting a model; an ONNX "
-                             "file already fixes them (pass the model instead)")
-        return onnx_path
-    from .onnx import to_onnx
-
-    onnx_path = engine_path.with_suffix(".onnx")
-    to_onnx(model_or_onnx_path, onnx_path, size=size, batch=batch, batch_range=batch_range,
-            latent_input=latent_input, include_resize=include_resize, opset=opset, check=check,
-            progress=progress)
-    return onnx_path
+__all__ = ["TensorRTExporter", "tensorrt_runner", "to_tensorrt"]
 
 
-def to_tensorrt(
-    model_or_onnx_path: nn.Module | str | Path,
-    path: str | Path,
-    *,
-    precision: str = "fp16",
-    batch: int = 1,
-    batch_range: Sequence[int] | None = None,
-    size: Sequence[int] | None = None,
-    latent_input: bool = False,
-    include_resize: Sequence[int] | None = None,
-    opset: int = 18,
-    workspace_gib: float = 4.0,
-    timing_cache: str | Path | None = None,
-    check: bool = True,
-    progress: Callable[[str], None] | None = None,
-) -> ExportResult:
+def tensorrt_runner(path: str | Path) -> Runner:
+    """Runs a TensorRT engine with the kit's ``TensorRTRunner`` (needs a GPU with tensorrt)."""
+    from ..deploy.run import TensorRTRunner
+
+    runner = TensorRTRunner(path)
+    return lambda inputs: runner(inputs.detach().cpu().numpy())
+
+
+def _lazy_onnx_reference(onnx_path: Path) -> Runner:
+    """The fp32 ONNX file run by ONNX Runtime, opened on the first parity batch."""
+    opened: list[Runner] = []
+
+    def run(inputs: torch.Tensor) -> Any:
+        if not opened:
+            opened.append(onnx_runner(onnx_path))
+        return opened[0](inputs)
+
+    return run
+
+
+@register_exporter("tensorrt", suffix=".engine", precisions=("fp32", "fp16", "bf16"))
+class TensorRTExporter(Exporter):
+    """A TensorRT engine plus its sidecar, built from a fresh fp32 ONNX export or a given ``.onnx`` file."""
+
+    def validate(self, options: ExportOptions, *, opset: int = 18) -> None:
+        check_opset(opset)
+
+    def prepare(self, model: nn.Module | str | Path, path: Path, options: ExportOptions, *,
+                opset: int = 18) -> PreparedExport:
+        """The ONNX file to build from (given, or exported next to the engine) and its contract.
+
+        Raises:
+            FileNotFoundError: A given ONNX file does not exist.
+            ValueError: Model-only options with an ONNX file, or a batch range it cannot serve.
+        """
+        from ..deploy.build_engine import compute_profile
+
+        if isinstance(model, (str, Path)):
+            onnx_path = Path(model)
+            if not onnx_path.is_file():
+                raise FileNotFoundError(f"ONNX file not found: {onnx_path}.")
+            if options.size is not None or options.include_resize is not None or options.latent_input:
+                raise ValueError("The options size / latent_input / include_resize apply when exporting a model; an ONNX "
+                                 "file already fixes them (pass the model instead).")
+        else:
+            onnx_path = path.with_suffix(".onnx")
+            export(model, "onnx", onnx_path, size=options.size, batch=options.batch,
+                   batch_range=options.batch_range, latent_input=options.latent_input,
+                   include_resize=options.include_resize, opset=opset, check=options.check,
+                   progress=options.progress)
+        contract = load_contract(onnx_path)
+        asked = options.batch_range or (None, None, None)
+        profile = compute_profile(contract, *asked)
+        contract = contract.with_batch_range(profile["min"][0], profile["opt"][0], profile["max"][0])
+        return PreparedExport(contract, reference=_lazy_onnx_reference(onnx_path), source=onnx_path)
+
+    def write(self, prepared: PreparedExport, path: Path, *, precision: str, progress: Callable[[str], None],
+              workspace_gib: float = 4.0, timing_cache: str | Path | None = None
+              ) -> tuple[list[Path], dict[str, str]]:
+        """Build the engine and its sidecar (needs a GPU with tensorrt).
+
+        Args:
+            prepared: The prepared export (``source`` is the ONNX file).
+            path: The ``.engine`` file.
+            precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+            progress: Called before slow steps.
+            workspace_gib: Builder workspace limit in GiB.
+            timing_cache: Timing cache file, read if present and written after the build.
+        """
+        from ..deploy.build_engine import build_engine
+
+        progress(f"building the TensorRT engine ({precision}) from {prepared.source}")
+        low, opt, high = prepared.batch_range
+        engine = build_engine(prepared.source, path, precision=precision, min_batch=low, opt_batch=opt,
+                              max_batch=high, workspace_gib=workspace_gib, timing_cache=timing_cache)
+        return [engine, sidecar_path(engine)], self.load_metadata(engine)
+
+    def runner(self, path: Path) -> Runner:
+        """The engine run by the kit's ``TensorRTRunner``."""
+        return tensorrt_runner(path)
+
+    def load_metadata(self, path: Path) -> dict[str, str]:
+        """The metadata entries copied into the engine's sidecar."""
+        from ..deploy.contract import contract_from_sidecar, load_sidecar
+
+        return contract_from_sidecar(load_sidecar(path), str(path)).to_metadata()
+
+
+@with_export_options(*TensorRTExporter.format_parameters())
+def to_tensorrt(model_or_onnx_path: nn.Module | str | Path, path: str | Path, *, precision: str = "fp16",
+                **options: Any) -> ExportResult:
     """Build a TensorRT engine (plus its sidecar JSON) from a model or an exported ONNX file.
 
     Given a model, it is first exported to fp32 ONNX next to the engine (``model.onnx`` for
     ``model.engine``, parity-checked on the CPU); TensorRT then builds the engine with the
     precision flag. The parity check compares the engine with the fp32 ONNX file run by ONNX
-    Runtime on the CPU on seeded inputs.
-
-    Untested in this repository's CI (no GPU / tensorrt available). A graph exported with
-    ``include_resize`` uses an antialiased ONNX ``Resize`` for bicubic / bilinear downscaling,
-    which TensorRT may not parse; resize on the host for TensorRT deployments.
+    Runtime on the CPU on seeded inputs. A graph exported with ``include_resize`` uses an
+    antialiased ONNX ``Resize`` for bicubic / bilinear downscaling, which TensorRT may not
+    parse; resize on the host for TensorRT deployments.
 
     Args:
         model_or_onnx_path: A task model / specialised module, or a diffperception ``.onnx`` file.
         path: The ``.engine`` file to write (``<path>.json`` is the sidecar).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
-        batch: Static batch size when exporting a model without ``batch_range``.
-        batch_range: ``(min, opt, max)`` of the optimisation profile (exported as a dynamic
-            batch axis when a model is given).
-        size, latent_input, include_resize, opset: ONNX export options (models only).
-        workspace_gib: Builder workspace limit in GiB.
-        timing_cache: Timing cache file, read if present and written after the build.
-        check: Parity-check the ONNX export and the engine (a failure raises).
-        progress: Called with a line of text before slow steps.
+        **options: :class:`~diffperception.export.options.ExportOptions` fields (``size``,
+            ``latent_input`` and ``include_resize`` for models only; ``batch_range`` is the
+            optimisation profile), plus ``opset``, ``workspace_gib`` and ``timing_cache``.
 
     Returns:
-        The :class:`ExportResult` (files: the engine and its sidecar).
+        The :class:`~diffperception.export.parity.ExportResult` (files: the engine and its sidecar).
 
     Raises:
         ValueError: Bad precision or batch range.
         FileNotFoundError: The ONNX file does not exist.
         RuntimeError: TensorRT / cuda-python missing, the build failed, or parity failed.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    low, opt, high = normalize_batch(batch, batch_range)
-    path = output_path(path, ".engine")
-    started = time.perf_counter()
-    onnx_path = _onnx_file(model_or_onnx_path, path, size=size, batch=batch, batch_range=batch_range,
-                           latent_input=latent_input, include_resize=include_resize, opset=opset, check=check,
-                           progress=progress)
-    if progress:
-        progress(f"building the TensorRT engine ({precision}) from {onnx_path}")
-    profile = {} if batch_range is None else {"min_batch": low, "opt_batch": opt, "max_batch": high}
-    result = _build(onnx_path, path, precision, profile, workspace_gib, timing_cache, started)
-    if check:
-        result.parity, result.parity_seconds = _engine_parity(result.path, onnx_path, precision, progress)
-    return result
-
-
-def _build(onnx_path: Path, path: Path, precision: str, profile: dict[str, int], workspace_gib: float,
-           timing_cache: str | Path | None, started: float) -> ExportResult:
-    """Build the engine and describe it. Untested in this repository's CI (no GPU / tensorrt available)."""
-    from ..deploy.build_engine import build_engine
-    from ..deploy.contract import load_contract, sidecar_path
-
-    engine = build_engine(onnx_path, path, precision=precision, workspace_gib=workspace_gib,
-                          timing_cache=timing_cache, **profile)
-    contract = load_contract(onnx_path)
-    files = [engine, sidecar_path(engine)]
-    return ExportResult(path=engine, format="tensorrt", size_bytes=files_size(files),
-                        export_seconds=time.perf_counter() - started, parity={}, contract=contract.raw,
-                        precision=precision, files=files, metadata=dict(contract.metadata))
-
-
-def _engine_parity(engine: Path, onnx_path: Path, precision: str,
-                   progress: Callable[[str], None] | None) -> tuple[dict[str, dict], float]:
-    """Engine vs fp32 ONNX Runtime (CPU) on seeded inputs at both ends of the engine's profile.
-
-    Untested in this repository's CI (no GPU / tensorrt available).
-    """
-    from ..deploy.contract import contract_from_sidecar, load_sidecar
-
-    started = time.perf_counter()
-    contract = contract_from_sidecar(load_sidecar(engine), str(engine))
-    prepared = _ContractOnly(contract.raw, (contract.batch_min, contract.batch_opt, contract.batch_max))
-    parity = check_parity(tensorrt_runner(engine), prepared, precision=precision, artifact=engine,
-                          reference=onnx_runner(onnx_path), progress=progress)  # type: ignore[arg-type]
-    return parity, time.perf_counter() - started
-
-
-class _ContractOnly:
-    """The parts of a ``PreparedExport`` the parity check reads, for an ONNX-file reference."""
-
-    def __init__(self, contract: dict, batch_range: tuple[int, int, int]) -> None:
-        self.contract, self.batch_range = contract, batch_range
-
-    def check_batches(self) -> list[int]:
-        return sorted({self.batch_range[0], self.batch_range[2]})
+    return export(model_or_onnx_path, "tensorrt", path, precision=precision, **options)

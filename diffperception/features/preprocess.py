@@ -105,7 +105,8 @@ def resize_and_crop(images: torch.Tensor, config: PreprocessConfig) -> torch.Ten
     h, w = images.shape[-2:]
     if (h, w) == (height, width):
         return images
-    mode = config.resize
+    # "nearest" samples pixel centres, as Pillow's NEAREST (the deployment kit) does
+    mode = "nearest-exact" if config.resize == "nearest" else config.resize
     kw = {"antialias": True, "align_corners": False} if mode in ("bicubic", "bilinear") else {}
     if config.crop == "center":
         scale = max(height / h, width / w)
