@@ -177,8 +177,8 @@ def zero_shot_accuracy(source: str | os.PathLike, images: Any, labels: Any,
         Accuracy in ``[0, 1]`` (chance: ``1 / K``).
 
     Raises:
-        TypeError, ValueError: See :func:`caption_errors` and
-            :func:`~diffperception.evaluation.metrics.accuracy` (labels outside ``[0, K)``).
+        TypeError: See :func:`caption_errors`.
+        ValueError: See :func:`caption_errors`; labels not one integer in ``[0, K)`` per image.
         FileNotFoundError: Missing repo or folder.
 
     Example:
@@ -186,6 +186,14 @@ def zero_shot_accuracy(source: str | os.PathLike, images: Any, labels: Any,
         ...                    timesteps=[600, 700, 800])
         0.93
     """
+    images, captions, labels = _check_images(images), _check_captions(captions), np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"labels must be (N,) with N = {len(images)} (one per image), got shape "
+                         f"{labels.shape}.")
+    in_range = labels.min() >= 0 and labels.max() < len(captions)
+    if not np.issubdtype(labels.dtype, np.integer) or not in_range:
+        raise ValueError(f"labels must be integer indices into the {len(captions)} captions, "
+                         f"got values in [{labels.min()}, {labels.max()}].")
     model = noise_prediction_model(source, timesteps=timesteps, captions=captions, **options)
     errors = caption_errors(model, images, captions, seeds=seeds, batch_size=batch_size,
                             latent_shape=latent_shape, progress=progress)
