@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy
+from torchmetrics.functional.classification import multiclass_stat_scores
 
 __all__ = ["accuracy"]
 
@@ -25,9 +25,11 @@ def _as_tensor(value: Any, name: str) -> torch.Tensor:
 def accuracy(preds: Any, target: Any, *, num_classes: int | None = None) -> float:
     """Top-1 accuracy: the fraction of samples whose prediction is their label.
 
-    Computed by ``torchmetrics.functional.classification.multiclass_accuracy`` with
-    ``average="micro"`` (every sample counts once; torchmetrics' default, ``"macro"``, would
-    average per class instead).
+    Counted by torchmetrics (``multiclass_stat_scores`` with ``average="micro"``, the counts
+    behind ``MulticlassAccuracy(average="micro")``: every sample counts once, where torchmetrics'
+    default ``"macro"`` would average per class). The ratio of the two integer counts is taken
+    here, in double precision, so that e.g. 271 of 300 is exactly ``271 / 300`` rather than its
+    float32 rounding.
 
     Args:
         preds: Predicted class indices ``(N,)`` (integers), or scores ``(N, K)`` (floats; the
@@ -71,6 +73,6 @@ def accuracy(preds: Any, target: Any, *, num_classes: int | None = None) -> floa
     if target.min() < 0 or target.max() >= num_classes:
         raise ValueError(f"Labels must lie in [0, {num_classes}), got "
                          f"[{int(target.min())}, {int(target.max())}].")
-    value = multiclass_accuracy(preds, target.long(), num_classes=num_classes, average="micro",
-                                top_k=1)
-    return float(value)
+    tp, _, _, fn, _ = multiclass_stat_scores(preds, target.long(), num_classes=num_classes,
+                                             average="micro", top_k=1).tolist()
+    return tp / (tp + fn)
