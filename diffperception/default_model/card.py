@@ -45,11 +45,11 @@ def _quality_section(q: dict[str, Any]) -> str:
   timestep (the same noise for every caption); the caption with the lowest error wins
   (`diffperception.default_model.evaluate.zero_shot_accuracy`). The timesteps were
   chosen on 200 train-split images, never on the test split.
-- Linear probes (`evaluate.probe_check`): standardised logistic regression
-  (max_iter 2000) fit on the train split, scored on the test split. Features are
-  module outputs captured with forward hooks, noised to timestep t with seeded noise,
-  null prompt `""`, adaptive-average-pooled to 2x2 and flattened. "Random" is the same
-  architecture with seeded random weights.
+- Linear probes (`evaluate.probe_check`, on `diffperception.evaluation`): standardised
+  logistic regression (C 0.5, max_iter 2000) fit on the train split, scored on the test
+  split. Features are the feature extractor's tap outputs at timestep t with fixed
+  seeded noise (shared by all images), null prompt `""`, adaptive-average-pooled to
+  2x2 and flattened. "Random" is the same architecture with seeded random weights.
 
 | tap | t | trained | random weights |
 |---|---|---|---|

@@ -217,14 +217,13 @@ def evaluate_folder(out: str | Path, seed: int = 0,
     Returns:
         The updated training info with ``quality`` and ``eval_time_s``.
     """
-    from .build import load_model
     from .card import write_model_card
     from .evaluate import quality_report
 
     seed_everything(seed)
     info = json.loads((Path(out) / "training_info.json").read_text())
     start = time.perf_counter()
-    info["quality"] = quality_report(load_model(out), load_digits_split(seed=0), seed=seed,
+    info["quality"] = quality_report(out, load_digits_split(seed=0), seed=seed,
                                      zero_shot_kwargs=zero_shot_kwargs)
     info["eval_time_s"] = time.perf_counter() - start
     print_report(info["quality"])
