@@ -16,14 +16,13 @@ What is ours and what is a library's:
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..features.noise import predicted_noise
 from ..modeling import DiffusionPerceptionForFeatureExtraction
 from .metrics import accuracy
 from .probe import _check_images, _check_positive
@@ -80,13 +79,31 @@ def _check_scorer(model: torch.nn.Module) -> None:
     if features.noise.ensemble != 1:
         raise ValueError(f"The model averages {features.noise.ensemble} noise draws per timestep; "
                          "build it with ensemble=1 and set seeds= here instead.")
-    source = getattr(model, "source", None)
-    scheduler = Path(source.folder) / "scheduler" / "scheduler_config.json" if source else None
-    if scheduler is not None and scheduler.is_file():
-        kind = json.loads(scheduler.read_text()).get("prediction_type", "epsilon")
-        if kind != "epsilon":
-            raise ValueError(f"The model predicts {kind!r}; the noise-prediction error is defined "
-                             "for prediction_type='epsilon' models only.")
+
+
+def _as_noise(model: torch.nn.Module, pred: torch.Tensor, x: torch.Tensor, eps: torch.Tensor
+              ) -> torch.Tensor:
+    """The noise ``pred`` (``(b*K, T, C, h, w)``) stands for, by the scheduler's prediction type.
+
+    ``v`` and ``sample`` outputs are converted with the noisy latent ``z_t`` rebuilt from the
+    image's ``z_0`` (the backbone's own encoding) and the same noise ``eps`` ``(T, 1, b*K, ...)``.
+    """
+    backbone = model.backbone
+    if backbone.prediction_type == "epsilon":
+        return pred
+    z0 = backbone.encode(backbone.prepare_images(x)).float()  # (b*K, C, h, w)
+    t = torch.tensor(model.config.features.timesteps)
+    abar = backbone.alphas_cumprod.cpu()[t].float().view(1, -1, 1, 1, 1)  # (1, T, 1, 1, 1)
+    noise = eps[:, 0].transpose(0, 1).float()  # (b*K, T, C, h, w)
+    z_t = abar.sqrt() * z0.cpu().unsqueeze(1) + (1 - abar).sqrt() * noise
+    return predicted_noise(pred.float().cpu(), z_t, abar, backbone.prediction_type)
+
+
+def _latent_shape(model: torch.nn.Module, images: np.ndarray) -> tuple[int, int, int]:
+    backbone = model.backbone
+    height, width = model.config.preprocess.size or images.shape[-2:]
+    return (backbone.vae_latent_channels, int(height) // backbone.vae_factor,
+            int(width) // backbone.vae_factor)
 
 
 @torch.no_grad()
@@ -103,14 +120,14 @@ def caption_errors(model: torch.nn.Module, images: Any, captions: Sequence[str],
     Args:
         model: A model from :func:`noise_prediction_model` (a
             ``DiffusionPerceptionForFeatureExtraction`` tapping ``conv_out`` with per-image
-            prompts, ``ensemble=1``, of an epsilon-prediction network).
+            prompts, ``ensemble=1``). A ``v_prediction`` or ``sample`` network's output is turned
+            into the noise it stands for, as diffusers' schedulers read it.
         images: ``(N, 3, H, W)`` float in [0, 1] (numpy or torch).
         captions: ``K`` captions.
         seeds: Noise draws per timestep.
         batch_size: Images per forward (each forward holds ``batch_size * K`` samples per timestep).
         latent_shape: ``(C, h, w)`` of the network's input for these images. Default: the
-            images' own shape, right for pixel-space models fed images at their size; latent
-            models (with a VAE) need it, e.g. ``(4, H / 8, W / 8)``.
+            backbone's latent channels and the (preprocessed) image size over the VAE factor.
         desc: Label of the progress bar.
         progress: Whether to show a progress bar (tqdm).
 
@@ -119,8 +136,8 @@ def caption_errors(model: torch.nn.Module, images: Any, captions: Sequence[str],
 
     Raises:
         TypeError: ``images`` or ``captions`` of the wrong type.
-        ValueError: Bad shapes or counts, a model without the ``conv_out`` tap, with an
-            ensemble, or of a non-epsilon network, or noise not shaped like the latent.
+        ValueError: Bad shapes or counts, a model without the ``conv_out`` tap or with an
+            ensemble, or noise not shaped like the latent.
 
     Example:
         >>> model = noise_prediction_model(path, timesteps=[50, 200], captions=captions)
@@ -132,7 +149,7 @@ def caption_errors(model: torch.nn.Module, images: Any, captions: Sequence[str],
     images, captions = _check_images(images), _check_captions(captions)
     _check_positive(seeds=seeds, batch_size=batch_size)
     _check_scorer(model)
-    shape = tuple(images.shape[1:]) if latent_shape is None else tuple(int(s) for s in latent_shape)
+    shape = _latent_shape(model, images) if latent_shape is None else tuple(int(s) for s in latent_shape)
     timesteps = model.config.features.timesteps
     n, k = len(images), len(captions)
     errors = np.zeros((n, k))
@@ -149,6 +166,7 @@ def caption_errors(model: torch.nn.Module, images: Any, captions: Sequence[str],
             pred = model(x.repeat_interleave(k, 0), noise=eps, prompt=prompts)[NOISE_PREDICTION_TAP]
             if len(timesteps) == 1:
                 pred = pred.unsqueeze(1)  # (b*K, T, C, h, w)
+            pred = _as_noise(model, pred[:, :, : shape[0]], x.repeat_interleave(k, 0), eps)
             target = eps[:, 0].transpose(0, 1).to(pred)  # (b*K, T, C, h, w)
             err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3, 4)).cpu()  # (b*K,)
             errors[start: start + b] += err.view(b, k).numpy()
@@ -162,7 +180,7 @@ def zero_shot_accuracy(source: str | os.PathLike, images: Any, labels: Any,
     """Zero-shot classification accuracy: each image's lowest-error caption against its label.
 
     Args:
-        source: Hub repo id or local folder of a text-conditioned, epsilon-prediction model.
+        source: Hub repo id or local folder of a text-conditioned model.
         images: ``(N, 3, H, W)`` float in [0, 1].
         labels: ``(N,)`` class indices into ``captions``.
         captions: One caption per class, ``K`` in all.

@@ -82,7 +82,7 @@ def test_scorer_refuses_bad_input(tiny_repos, tmp_path):
     model = noise_prediction_model(tiny_repos["sd1"], timesteps=[100], captions=CAPTIONS)
     kw = dict(latent_shape=LATENT_SHAPE, progress=False)
     with pytest.raises(ValueError):  # pixel-shaped noise for a latent model
-        caption_errors(model, images, CAPTIONS, progress=False)
+        caption_errors(model, images, CAPTIONS, latent_shape=(3, 64, 64), progress=False)
     with pytest.raises(ValueError, match="empty"):
         caption_errors(model, images, [], **kw)
     with pytest.raises(TypeError, match="list of strings"):
@@ -109,11 +109,33 @@ def test_scorer_refuses_bad_input(tiny_repos, tmp_path):
         caption_errors(ensemble, images, CAPTIONS, **kw)
 
 
-def test_scorer_refuses_v_prediction(tiny_repos, tmp_path):
-    folder = shutil.copytree(tiny_repos["sd1"], tmp_path / "v")
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_scorer_reads_the_output_as_the_scheduler_says(tiny_repos, tmp_path, prediction_type):
+    """A v / sample network's output is the noise diffusers' own scheduler infers from it."""
+    import diffusers
+
+    folder = shutil.copytree(tiny_repos["sd1"], tmp_path / prediction_type)
     config_path = folder / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
-    model = noise_prediction_model(folder, timesteps=[100], captions=CAPTIONS)
-    with pytest.raises(ValueError, match="v_prediction"):
-        caption_errors(model, _images(1), CAPTIONS, latent_shape=LATENT_SHAPE, progress=False)
+    config_path.write_text(json.dumps({**config, "prediction_type": prediction_type}))
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(folder), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler = diffusers.DDPMScheduler.from_config(
+        {**pipe.scheduler.config, "clip_sample": False, "thresholding": False})
+    images, t = _images(1), 300
+    model = noise_prediction_model(folder, timesteps=[t], captions=CAPTIONS)
+    got = caption_errors(model, images, CAPTIONS, progress=False)
+    eps = torch.randn(1, 1, 1, 4, 8, 8, generator=torch.Generator().manual_seed(1000))[0, 0]
+    with torch.no_grad():
+        x = torch.from_numpy(images) * 2 - 1
+        latent = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+        z = scheduler.add_noise(latent, eps, torch.tensor([t]))
+        abar = scheduler.alphas_cumprod[t]
+        expected = []
+        for caption in CAPTIONS:
+            out = pipe.unet(z, torch.tensor([t]),
+                            encoder_hidden_states=pipe.encode_prompt(caption, "cpu", 1, False)[0]).sample
+            x0 = scheduler.step(out, t, z).pred_original_sample
+            eps_hat = (z - abar.sqrt() * x0) / (1 - abar).sqrt()
+            expected.append((eps_hat - eps).pow(2).mean().item())
+    np.testing.assert_allclose(got[0], expected, rtol=1e-4)
