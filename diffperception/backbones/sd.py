@@ -9,6 +9,7 @@ encoders and adds the pooled projection of the second and the ``time_ids`` micro
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from .base import register_family
 from .unet import UNetFamily
 
 __all__ = ["StableDiffusionFamily"]
+
+logger = logging.getLogger(__name__)
+
+
+def _warn_truncation(tokenizer: Any, texts: list[str]) -> None:
+    """Warns, as diffusers' pipelines do, when a prompt is longer than the tokenizer's limit."""
+    limit = tokenizer.model_max_length
+    for text in texts:
+        ids = tokenizer(text, truncation=False).input_ids
+        if len(ids) > limit:
+            cut = tokenizer.decode(ids[limit - 1: -1])
+            logger.warning("The following part of your input was truncated because the text "
+                           "encoder can only handle sequences up to %d tokens: %s", limit, cut)
 
 
 @register_family("sd")
@@ -73,6 +87,7 @@ class StableDiffusionFamily(UNetFamily):
         contexts, pooled = [], None
         for name, encoder in encoders.items():
             tok = tokenizers[name]
+            _warn_truncation(tok, texts)
             ids = tok(texts, padding="max_length", max_length=tok.model_max_length,
                       truncation=True, return_tensors="pt").input_ids.to(encoder.device)
             if sdxl:

@@ -3,8 +3,11 @@
 It computes what diffusers' ``AttnProcessor2_0`` computes, with three differences:
 - the batch size is taken from the hidden states, so a text context (or baked K/V) of batch 1
   serves any batch by broadcasting;
-- when the module has a ``probs_tap`` child, the attention probabilities are computed explicitly
-  and passed through it (an identity module a forward hook can read: the ``:attn`` tap);
+- when the module has a ``probs_tap`` or ``logits_tap`` child, the attention is computed
+  explicitly and the probabilities (the ``:attn`` tap) or the pre-softmax scores times the scale
+  (the ``:logits`` tap) pass through it (an identity module a forward hook can read); the scores
+  are computed in float32 when the module says ``upcast_attention`` and the softmax when it says
+  ``upcast_softmax``, as diffusers' ``Attention.get_attention_scores`` does;
 - when the module has ``fixed_key`` / ``fixed_value`` buffers (a specialised cross-attention of a
   fixed prompt), they replace ``to_k(context)`` / ``to_v(context)``.
 It is a plain callable, not a module, so it adds no key to the state dict.
@@ -16,11 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TapAttnProcessor", "AttentionProbs", "install_processor"]
+__all__ = ["TapAttnProcessor", "AttentionProbs", "AttentionLogits", "install_processor"]
 
 
 class AttentionProbs(nn.Identity):
     """Identity on attention probabilities ``(B, heads, queries, keys)``; a hook reads them."""
+
+
+class AttentionLogits(nn.Identity):
+    """Identity on pre-softmax attention scores ``(B, heads, queries, keys)``; a hook reads them."""
 
 
 class TapAttnProcessor:
@@ -56,15 +63,9 @@ class TapAttnProcessor:
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
             mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
-        probs_tap = getattr(attn, "probs_tap", None)
-        if probs_tap is not None:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale  # (B, h, Q, K)
-            if mask is not None:
-                scores = scores + mask
-            if attn.upcast_softmax:
-                scores = scores.float()
-            probs = probs_tap(scores.softmax(dim=-1).to(query.dtype))
-            hidden_states = torch.matmul(probs, value)  # (B, h, Q, d)
+        probs_tap, logits_tap = getattr(attn, "probs_tap", None), getattr(attn, "logits_tap", None)
+        if probs_tap is not None or logits_tap is not None:
+            hidden_states = self._explicit(attn, query, key, value, mask, probs_tap, logits_tap)
         else:
             hidden_states = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=attn.scale
@@ -76,6 +77,23 @@ class TapAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    @staticmethod
+    def _explicit(attn, query, key, value, mask, probs_tap, logits_tap) -> torch.Tensor:
+        """Attention with the scores and probabilities as tensors hooks can read."""
+        if attn.upcast_attention:
+            query, key = query.float(), key.float()
+        scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale  # (B, h, Q, K)
+        if mask is not None:
+            scores = scores + mask
+        if logits_tap is not None:
+            scores = logits_tap(scores)
+        if attn.upcast_softmax:
+            scores = scores.float()
+        probs = scores.softmax(dim=-1).to(value.dtype)
+        if probs_tap is not None:
+            probs = probs_tap(probs)
+        return torch.matmul(probs, value)  # (B, h, Q, d)
 
     @staticmethod
     def _key_value(attn, hidden_states, encoder_hidden_states, batch, head_dim):

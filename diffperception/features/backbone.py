@@ -51,7 +51,7 @@ def _vae_factor(folder: Path, index: dict[str, Any]) -> int:
 
 def _info(tap: Tap, value: torch.Tensor, image_hw: tuple[int, int], num_timesteps: int
           ) -> FeatureInfo:
-    if tap.kind == "attn":  # (B, heads, queries, keys)
+    if tap.kind in ("attn", "logits"):  # (B, heads, queries, keys)
         layout, channels, cells = "attention", value.shape[1], value.shape[2]
     elif value.ndim == 4:  # (B, C, h, w)
         layout, channels, cells = "map", value.shape[1], value.shape[2] * value.shape[3]

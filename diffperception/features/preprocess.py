@@ -37,7 +37,9 @@ def _to_tensor(images: Any, value_range: tuple[float, float] | None) -> torch.Te
             return _from_pil(images)
         images = np.stack([np.asarray(i) for i in images])
     if isinstance(images, np.ndarray):
-        channels_last = images.ndim >= 3 and images.shape[-1] in (1, 3) and images.shape[-3] not in (1, 3)
+        # (..., H, W, C) with C in 1..4 and a larger H: channels last (RGBA is refused below)
+        channels_last = (images.ndim >= 3 and images.shape[-1] in (1, 2, 3, 4)
+                         and images.shape[-3] not in (1, 2, 3, 4))
         tensor = torch.from_numpy(np.ascontiguousarray(images))
         if channels_last:
             tensor = tensor.movedim(-1, -3)
@@ -61,6 +63,11 @@ def _to_tensor(images: Any, value_range: tuple[float, float] | None) -> torch.Te
     return images
 
 
+# Float images may overshoot [0, 1] a little (resampling, colour conversion); beyond this they
+# are in another range and need value_range.
+_RANGE_SLACK = 0.05
+
+
 def to_image_tensor(images: Any, *, value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Converts and checks images.
 
@@ -74,7 +81,8 @@ def to_image_tensor(images: Any, *, value_range: tuple[float, float] | None = No
 
     Raises:
         TypeError: Unsupported type, or integer images without ``value_range``.
-        ValueError: Empty batch, wrong number of channels, NaN / inf values.
+        ValueError: Empty batch, wrong number of channels, NaN / inf values, float values
+            outside [0, 1] (beyond a 0.05 slack) without ``value_range``.
     """
     images = _to_tensor(images, value_range)
     if images.ndim == 3:
@@ -94,6 +102,12 @@ def to_image_tensor(images: Any, *, value_range: tuple[float, float] | None = No
         )
     if not torch.isfinite(images).all():
         raise ValueError("Images contain NaN or inf values; clean the input before extraction.")
+    low, high = float(images.min()), float(images.max())
+    if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
+        raise ValueError(
+            f"Float images must be in [0, 1]; these span [{low:.3g}, {high:.3g}]. Pass "
+            "value_range=(0, 255) for 8-bit values (or the range they are in)."
+        )
     return images
 
 

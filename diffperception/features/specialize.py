@@ -75,7 +75,24 @@ class SpecializedBackbone(nn.Module):
         self.source_config = source_config
         self.tap_names = [t.name for t in trunk.taps]
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the input: the image size, or the latent size for latent input."""
+        if not self.latent_input:
+            return self.size
+        return tuple(int(d) for d in self.noise.shape[-2:])
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{tap: (B, ...)}`` for images ``(B, 3, H, W)`` in [0, 1] at ``size`` (or latents).
+
+        Raises:
+            ValueError: Input of another height and width than the module was built for.
+        """
+        if tuple(images.shape[-2:]) != self.input_hw:
+            what = "latents" if self.latent_input else "images"
+            raise ValueError(f"This specialized model takes {what} of {self.input_hw[0]}x"
+                             f"{self.input_hw[1]}; got {tuple(images.shape)}. Resize them, or "
+                             "specialize the task model at this size.")
         batch = images.shape[0]
         if self.latent_input:
             latent = images  # (B, C, h, w)

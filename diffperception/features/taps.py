@@ -2,8 +2,9 @@
 
 A tap is ``<module path>[:<what>]`` where the module path is a dotted path inside the diffusers
 U-Net (``up_blocks.1``, ``mid_block``, ``up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q``)
-and ``what`` is ``out`` (the module's output, default), ``in`` (its first input) or ``attn``
-(the attention probabilities of an ``Attention`` module, shape ``(B, heads, queries, keys)``).
+and ``what`` is ``out`` (the module's output, default), ``in`` (its first input), ``attn`` (the
+attention probabilities of an ``Attention`` module, shape ``(B, heads, queries, keys)``) or
+``logits`` (its pre-softmax scores ``q k^T * scale``, the same shape).
 Aliases are the family's (``up_ft.N``, DIFT's name for ``up_blocks.N``, and ``adm.B`` for a
 U-Net; see ``backbones/unet.py``). ``FeatureInfo`` describes what each tap returns.
 
@@ -21,7 +22,7 @@ from torch import nn
 
 __all__ = ["Tap", "FeatureInfo", "parse_tap", "resolve_taps", "list_taps", "TAP_KINDS", "LAYOUTS"]
 
-TAP_KINDS = ("out", "in", "attn")
+TAP_KINDS = ("out", "in", "attn", "logits")
 LAYOUTS = ("map", "tokens", "attention")
 
 
@@ -32,7 +33,7 @@ class Tap:
     Attributes:
         name: The name the user gave (the key of the output dict).
         path: Module path inside the U-Net.
-        kind: ``"out"``, ``"in"`` or ``"attn"``.
+        kind: ``"out"``, ``"in"``, ``"attn"`` or ``"logits"``.
     """
 
     name: str
@@ -67,7 +68,7 @@ class FeatureInfo:
     Attributes:
         name: The tap name (the key of the backbone's output dict).
         module: Module path inside the diffusers network.
-        kind: ``"out"``, ``"in"`` or ``"attn"``.
+        kind: ``"out"``, ``"in"``, ``"attn"`` or ``"logits"``.
         layout: ``"map"`` (``(B, C, h, w)``), ``"tokens"`` (``(B, N, C)``) or ``"attention"``
             (``(B, heads, queries, keys)``).
         channels: ``C`` of a map or tokens; ``heads`` of attention probabilities.
@@ -118,10 +119,10 @@ def resolve_taps(names: list[str], network: nn.Module,
                 f"Unknown tap {name!r}: this network has no module {path!r}.{hint} "
                 "Call diffperception.list_taps(model) for every valid name."
             )
-        if kind == "attn" and not _is_attention(modules[path]):
+        if kind in ("attn", "logits") and not _is_attention(modules[path]):
             raise ValueError(
-                f"Tap {name!r}: ':attn' needs an Attention module (e.g. '...attn1' or '...attn2'), "
-                f"but {path!r} is a {type(modules[path]).__name__}."
+                f"Tap {name!r}: ':{kind}' needs an Attention module (e.g. '...attn1' or "
+                f"'...attn2'), but {path!r} is a {type(modules[path]).__name__}."
             )
         taps.append(Tap(name=name, path=path, kind=kind))
     return taps
@@ -132,7 +133,7 @@ def list_taps(network: nn.Module, *, include_kinds: bool = False) -> list[str]:
 
     Args:
         network: A diffusers network (use ``diffperception.list_taps`` for repo ids and folders).
-        include_kinds: Also list the ``:in`` variants and the ``:attn`` taps.
+        include_kinds: Also list the ``:in`` variants and the ``:attn`` / ``:logits`` taps.
     """
     names = []
     for path, module in network.named_modules():
@@ -142,5 +143,5 @@ def list_taps(network: nn.Module, *, include_kinds: bool = False) -> list[str]:
         if include_kinds:
             names.append(f"{path}:in")
             if _is_attention(module):
-                names.append(f"{path}:attn")
+                names += [f"{path}:attn", f"{path}:logits"]
     return names

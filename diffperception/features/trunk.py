@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .attention import AttentionProbs, install_processor
+from .attention import AttentionLogits, AttentionProbs, install_processor
 from .taps import Tap
 
 __all__ = ["Trunk", "first_tensor"]
@@ -116,11 +116,13 @@ class Trunk(nn.Module):
         modules = dict(self.network.named_modules())
         for tap in self.taps:
             module = modules[tap.path]
-            if tap.kind == "attn":
-                if not isinstance(getattr(module, "probs_tap", None), AttentionProbs):
-                    module.probs_tap = AttentionProbs()
+            if tap.kind in ("attn", "logits"):
+                name, cls = (("probs_tap", AttentionProbs) if tap.kind == "attn"
+                             else ("logits_tap", AttentionLogits))
+                if not isinstance(getattr(module, name, None), cls):
+                    setattr(module, name, cls())
                 install_processor(module)
-                module = module.probs_tap
+                module = getattr(module, name)
             hook = _CaptureHook(self, tap.name, pre=tap.kind == "in")
             if tap.kind == "in":
                 self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
