@@ -39,7 +39,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "training": frozenset(_CORE) | {"data", "evaluation"},  # a training loop reports metrics
     # __init__ / api.py: the public names, re-exported from the library below them.
     # + default_model: importing the package registers the shipped model's source alias
-    "top": frozenset(_CORE) | {"export", "training", "evaluation", "default_model"},
+    # + kit: the torch-free lazy-import helper the package's __init__ uses
+    "top": frozenset(_CORE) | {"export", "training", "evaluation", "default_model", "kit"},
     # + hub: it registers its folder as the "diffperception:default" source alias
     "default_model": frozenset({"top", "evaluation", "diffusers_folder", "hub"}),
     # cli.py, demo.py, extract.py and the subcommand modules (<folder>/cli.py).
