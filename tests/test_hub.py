@@ -1,7 +1,7 @@
 """diffperception.hub: the path-or-repo-id rule, Hub errors, weight files, source aliases, pushes.
 
 Hub errors come from the real huggingface_hub client talking to the session LocalHub
-(tests/hub_server.py on 127.0.0.1); nothing is mocked.
+(tests/testing_utils/localhub on 127.0.0.1); nothing is mocked.
 """
 
 from __future__ import annotations

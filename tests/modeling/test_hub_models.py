@@ -1,6 +1,6 @@
 """Task models on the Hub: save / load / push / pull against LocalHub with the real client.
 
-The session LocalHub (tests/hub_server.py, started in conftest.py before huggingface_hub is
+The session LocalHub (tests/testing_utils/localhub, started by its pytest plugin before huggingface_hub is
 imported) serves HTTP on 127.0.0.1; nothing is mocked. Outputs are compared with ``torch.equal``
 against the model that was saved.
 """

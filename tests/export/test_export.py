@@ -31,7 +31,7 @@ from diffperception.export.parity import TOLERANCES, check_parity, compare_outpu
 from diffperception.export.pt2 import load_pt2_metadata
 from diffperception.export.torchscript import load_torchscript_metadata
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (64, 64)
 ATTN = "up_blocks.1.attentions.0.transformer_blocks.0.attn1:attn"
 

@@ -44,7 +44,7 @@ from diffperception.export import registry
 from diffperception.export.contract import build_contract, build_metadata
 from diffperception.export.graph import example_input
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (64, 64)
 LABELS = ["cat", "dog", "bird"]
 

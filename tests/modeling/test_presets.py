@@ -23,7 +23,7 @@ from diffperception.config import TaskConfig
 from diffperception.default_model import DEFAULT_MODEL_PATH
 from diffperception.modeling.presets import load_preset, preset_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Base model of a preset -> the tiny stand-in of the same family (tests/tiny_models.py).
 STAND_INS = {
     "stabilityai/stable-diffusion-2-1": "sd2",

@@ -21,7 +21,7 @@ from diffperception import DiffusionPerceptionForFeatureExtraction
 from diffperception.deploy.contract import load_contract, prepare_batch
 from diffperception.export import to_onnx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (64, 64)
 
 
