@@ -18,6 +18,8 @@ Modules:
     contract: the model contract (the schema the diffperception exporter writes into the
         ONNX ``metadata_props`` and ``build_engine`` copies into an engine's sidecar JSON),
         and turning images or ``.npy`` latents into model inputs.
+    input_files: reading image and ``.npy`` files within bounded memory (``InputLimits``):
+        each file is checked from its header before it is decoded or read.
     onnx_metadata: reads an ONNX file's ``metadata_props`` without the ``onnx``
         package (a small protobuf scanner that skips the graph).
     run: ``OnnxRunner``, ``TensorRTRunner``, ``load_runner`` and the ``run`` command.
@@ -42,6 +44,9 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "load_contract": ".contract",
     "parse_contract": ".contract",
     "preprocess_image": ".contract",
+    "InputLimits": ".input_files",
+    "load_image": ".input_files",
+    "load_npy": ".input_files",
     "OnnxRunner": ".run",
     "TensorRTRunner": ".run",
     "load_runner": ".run",

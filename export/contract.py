@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .input_files import InputLimits, load_image, load_npy
 from .onnx_metadata import read_onnx_metadata
 
 METADATA_PREFIX = "diffperception."
@@ -389,23 +390,6 @@ def contract_from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>")
 # --- images and arrays -> model input ---------------------------------------------------
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB (EXIF orientation applied).
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: Pillow cannot read the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Input file not found: {path}.")
-    try:
-        with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"Cannot read {path} as an image ({exc}).") from None
-
-
 def resize_and_crop(image: Image.Image, size: tuple[int, int], resize: str, crop: str) -> Image.Image:
     """Resize an image to (H, W) = ``size`` as ``diffperception.preprocess`` says.
 
@@ -477,17 +461,26 @@ def check_sample_shape(shape: Sequence[int], contract: Contract, what: str) -> N
         )
 
 
-def prepare_batch(items: Sequence[InputItem], contract: Contract) -> np.ndarray:
+def prepare_batch(
+    items: Sequence[InputItem], contract: Contract, *, limits: InputLimits | None = None
+) -> np.ndarray:
     """Load image files, ``.npy`` files or arrays into one float32 NCHW batch.
 
     Image graphs take image files (preprocessed with :func:`preprocess_image`),
     (H, W, 3) uint8 RGB arrays, or ready (C, H, W) / (N, C, H, W) arrays / ``.npy``
     files already in the input's range. Latent graphs take ``.npy`` files or arrays
-    as they are.
+    as they are. Files are checked from their headers against ``limits`` before they
+    are decoded or read (see :mod:`.input_files`).
+
+    Args:
+        items: Paths or arrays.
+        contract: The model's contract.
+        limits: Largest image / ``.npy`` file accepted (default: :class:`InputLimits`).
 
     Raises:
         FileNotFoundError: A file does not exist.
-        ValueError: An item has the wrong shape or type, or no item was given.
+        ValueError: An item has the wrong shape or type, a file is damaged, not numeric or over
+            ``limits``, or no item was given.
     """
     if isinstance(items, (str, Path, np.ndarray)):
         items = [items]
@@ -500,11 +493,11 @@ def prepare_batch(items: Sequence[InputItem], contract: Contract) -> np.ndarray:
         if not path.is_file():
             raise FileNotFoundError(f"Input file not found: {path}.")
         if path.suffix.lower() == ".npy":
-            batches.append(_array_item(np.load(path, allow_pickle=False), contract, str(path)))
+            batches.append(_array_item(load_npy(path, limits=limits), contract, str(path)))
         elif contract.is_latent:
             raise ValueError(f"This model takes latents, not images like {path}: pass .npy files or arrays.")
         else:
-            image = load_image(path)
+            image = load_image(path, limits=limits)
             value_range = contract.input.range
             batches.append(preprocess_image(image, contract.preprocess, value_range)[None])  # type: ignore[arg-type]
     if not batches:

@@ -3,9 +3,13 @@
 Usage (installed with ``pip install ./export``; ``python -m export.run`` from the repository root)::
 
     diffperception-deploy run build/model.onnx images/*.png [--provider cpu|cuda] [--threads N] [--out out.npz]
+        [--max-image-pixels N] [--max-array-mib N]
     diffperception-deploy run build/model.engine images/*.png
     python -m diffperception_deploy.run build/latent_model.onnx latents/*.npy
 
+Input files are checked from their headers before they are decoded or read: an image may have at
+most 89,478,485 pixels and a ``.npy`` file at most 1024 MiB of data unless the flags raise the limits;
+a damaged, non-numeric or oversized file is an error naming it (exit status 2).
 Outputs are keyed by the contract's output keys (a tap name such as ``"up_blocks.1"``, or
 ``"logits"`` / ``"embeddings"`` / ``"scores"``) and are float32.
 Needs numpy, Pillow and onnxruntime (``tensorrt`` + ``cuda-python`` for engines);
@@ -35,6 +39,7 @@ from .contract import (
     prepare_batch,
     validate_batch,
 )
+from .input_files import InputLimits, add_limit_arguments, limits_from_arguments
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
@@ -65,16 +70,26 @@ class _Runner:
         raw = self._run(batch)
         return {spec.key: np.asarray(raw[spec.name]).astype(np.float32, copy=False) for spec in self.contract.outputs}
 
-    def run_images(self, items: InputItem | Sequence[InputItem]) -> dict[str, np.ndarray]:
+    def run_images(
+        self, items: InputItem | Sequence[InputItem], *, limits: InputLimits | None = None
+    ) -> dict[str, np.ndarray]:
         """Load, preprocess and run images / ``.npy`` files / arrays in batches the model accepts.
 
         Inputs are split into chunks of at most ``batch_max``; a last chunk smaller than
         ``batch_min`` is padded by repeating its last item and the padding is dropped.
 
+        Args:
+            items: Image files, ``.npy`` files or arrays (see :func:`.contract.prepare_batch`).
+            limits: Largest image / ``.npy`` file accepted (default: :class:`.InputLimits`).
+
         Returns:
             Output key -> float32 array with one row per input sample.
+
+        Raises:
+            FileNotFoundError: An input file does not exist.
+            ValueError: An input is damaged, of the wrong kind or shape, or over ``limits``.
         """
-        batch = prepare_batch(items, self.contract)  # type: ignore[arg-type]
+        batch = prepare_batch(items, self.contract, limits=limits)  # type: ignore[arg-type]
         low, high = self.contract.batch_min, self.contract.batch_max
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, batch.shape[0], high):
@@ -349,11 +364,13 @@ def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime provider")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--out", type=Path, default=None, help="save the outputs to this .npz file")
+    add_limit_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        limits = limits_from_arguments(args)
         onnx_kwargs = {"provider": args.provider, "threads": args.threads}
         runner = load_runner(args.model, **(onnx_kwargs if args.model.suffix.lower() == ".onnx" else {}))
-        outputs = runner.run_images(args.inputs)
+        outputs = runner.run_images(args.inputs, limits=limits)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
