@@ -139,8 +139,8 @@ def _open_image(path: Path, limits: InputLimits) -> Image.Image:
             "file (PNG, JPEG, WebP, ...), or re-save this one with an image editor."
         ) from None
     except Exception as exc:  # Pillow's format plugins raise many kinds on malformed headers
-        raise ValueError(f"Cannot open {path} as an image ({type(exc).__name__}: {exc}): the file is "
-                         "damaged; re-save or re-download it.") from None
+        raise ValueError(f"Cannot read the image {path} ({type(exc).__name__}: {exc}): the file is corrupt "
+                         "or truncated; re-save or re-download it.") from None
     width, height = image.size
     if width * height > limits.max_image_pixels:
         image.close()
@@ -198,8 +198,8 @@ def _read_npy_header(handle: BinaryIO, path: Path) -> tuple[tuple[int, ...], boo
                          f"structured arrays only; the model takes plain numeric arrays: {fix}.")
     try:
         shape, fortran_order, dtype = reader(handle)
-    except (ValueError, SyntaxError, TypeError) as exc:
-        raise ValueError(f"{path} has a damaged .npy header ({exc}): {fix}.") from None
+    except Exception as exc:  # numpy's header parser lets ValueError, SyntaxError and tokenize errors through
+        raise ValueError(f"{path} has a damaged .npy header ({type(exc).__name__}: {exc}): {fix}.") from None
     if dtype.hasobject:
         raise ValueError(f"{path} holds Python objects (dtype {dtype}), which only unpickling could read; "
                          f"this kit never unpickles files: {fix}.")
