@@ -12,12 +12,16 @@ file is a ``ValueError`` that names the file, says what is wrong and how to fix 
   does) and at most ``max_array_bytes`` (default :data:`MAX_ARRAY_BYTES`, 1 GiB), and the file
   must hold all the data its header declares. Only then is the data read.
 
-The command-line flags ``--max-image-pixels`` and ``--max-array-mib`` raise the limits.
+The command-line flags ``--max-image-pixels`` and ``--max-array-mib`` raise the limits. Pillow
+keeps its own process-wide limit (errors above twice ``PIL.Image.MAX_IMAGE_PIXELS``);
+:func:`allow_image_pixels` raises it to match a larger ``max_image_pixels``.
 
 Example:
+    >>> image = load_image("photo.jpg")
+    >>> latents = load_npy("latents.npy", limits=InputLimits(max_array_bytes=4 << 30))
     >>> limits = InputLimits(max_image_pixels=200_000_000)
-    >>> image = load_image("scan.tif", limits=limits)
-    >>> latents = load_npy("latents.npy")
+    >>> allow_image_pixels(limits.max_image_pixels)
+    >>> scan = load_image("scan.tif", limits=limits)
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 from PIL import Image, ImageOps
 
-# Pillow's default Image.MAX_IMAGE_PIXELS, fixed here so that another library changing Pillow's
-# global does not change what this kit accepts.
+# Pillow's default Image.MAX_IMAGE_PIXELS, spelled out so that the kit's own check does not move
+# when something in the process changes Pillow's global.
 MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 MAX_ARRAY_BYTES = 1 << 30
 _NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
