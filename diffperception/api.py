@@ -29,14 +29,11 @@ def list_taps(model: str | os.PathLike | nn.Module, *, include_kinds: bool = Fal
 
     if isinstance(model, nn.Module):
         backbone = getattr(model, "backbone", model)
-        return _list(getattr(backbone, "network", backbone), include_kinds=include_kinds)
-    from accelerate import init_empty_weights
-
-    from .backbones import family_for_folder
+        if callable(getattr(backbone, "list_taps", None)):
+            return backbone.list_taps(include_kinds=include_kinds)
+        return _list(backbone, include_kinds=include_kinds)  # a bare diffusers network
     from .backbones.loading import resolve_source
+    from .features.backbone import folder_taps
 
     source = resolve_source(model, revision=revision, **hub_kwargs)
-    family = family_for_folder(source.folder)
-    with init_empty_weights():
-        network = family.build_network(family.read_config(source.folder))
-    return _list(network, include_kinds=include_kinds)
+    return folder_taps(source.folder, include_kinds=include_kinds)

@@ -153,6 +153,12 @@ class BackboneFamily:
         raise NotImplementedError(f"{cls.__name__} does not implement run")
 
     @classmethod
+    def forward_full(cls, network: nn.Module, sample: torch.Tensor, timesteps: torch.Tensor,
+                     context: torch.Tensor | None, added: dict | None) -> Any:
+        """One forward of the whole (unpruned) diffusers network, as its pipelines call it."""
+        return network(sample, timesteps)
+
+    @classmethod
     def freeze_time(cls, network: nn.Module, emb: torch.Tensor) -> None:
         """Turns the time embedding ``emb`` ``(T, D)`` into constants inside ``network``."""
         raise NotImplementedError(f"{cls.__name__} does not implement freeze_time")

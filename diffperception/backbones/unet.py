@@ -276,6 +276,13 @@ class UNetFamily(BackboneFamily):
         unet.conv_out(sample)
 
     @classmethod
+    def forward_full(cls, network, sample, timesteps, context, added):
+        if not cls.text_conditioned:
+            return network(sample, timesteps)
+        context = context.expand(sample.shape[0], *context.shape[1:])
+        return network(sample, timesteps, encoder_hidden_states=context, added_cond_kwargs=added)
+
+    @classmethod
     @torch.no_grad()
     def freeze_time(cls, network: nn.Module, emb: torch.Tensor) -> None:
         """Replaces each resnet's time projection by its output for ``emb`` ``(T, D)``.

@@ -27,10 +27,10 @@ from . import noise as noise_ops
 from .attention import install_processor
 from .conditioning import PromptConditioner, prompt_config
 from .preprocess import check_size, resize_and_crop, scale_range, to_image_tensor
-from .taps import FeatureInfo, Tap, resolve_taps
+from .taps import FeatureInfo, Tap, list_taps, resolve_taps, tap_value_problem
 from .trunk import Trunk
 
-__all__ = ["DiffusionBackbone", "TORCH_DTYPES"]
+__all__ = ["DiffusionBackbone", "TORCH_DTYPES", "folder_taps"]
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -146,9 +146,6 @@ class DiffusionBackbone(nn.Module):
         self.prompt = PromptConditioner(self.family, self.network_config, prompt, folder,
                                         encoders, tokenizers, dtype=dtype)
         self._noise_cache: dict[tuple, torch.Tensor] = {}
-        for module in network.modules():  # K / V of a batch-1 context computed once per call
-            if getattr(module, "is_cross_attention", False):
-                install_processor(module)
 
     def _prune(self, network: nn.Module, holder: dict[str, Any]) -> None:
         """Resolves the taps, plans and prunes the meta network, and reads the tap shapes."""
@@ -156,22 +153,58 @@ class DiffusionBackbone(nn.Module):
         full = self.features.noise.kind == "ddim_inversion"  # inversion needs the whole network
         plan = self.family.plan_cut(network, [(t.path, t.kind) for t in taps], full=full)
         self.family.prune(network, plan)
+        for module in network.modules():  # K / V of a batch-1 context computed once per call
+            if getattr(module, "is_cross_attention", False):
+                install_processor(module)
         holder.update(taps=taps, plan=plan, info=self._feature_info(network, taps, plan))
 
     def _feature_info(self, network: nn.Module, taps: list[Tap], plan: Any
                       ) -> dict[str, FeatureInfo]:
+        """Runs the pruned meta network on two samples; checks and describes every tap.
+
+        Raises:
+            ValueError: A tap whose value is not a per-sample activation (integer timesteps,
+                SDXL's six time ids per image), naming it.
+        """
         latent_hw = self.family.native_latent_size(self.network_config)
-        context_shape, pooled = self.family.context_shape(self.source.folder, self.network_config)
-        inputs = self.family.meta_inputs(self.network_config, latent_hw, context_shape, pooled)
         trunk = Trunk(network, self.family, taps, plan)
         try:
             with torch.no_grad():
-                out = trunk(*inputs)
+                out = trunk(*self.probe_inputs(latent_hw, batch=2))
         finally:
             trunk.detach_taps()
+        for tap in taps:
+            problem = tap_value_problem(out[tap.name], 2)
+            if problem:
+                raise ValueError(f"Tap {tap.name!r} {problem}; it cannot be a feature. Call "
+                                 "diffperception.list_taps(model) for the taps that can.")
         image_hw = (latent_hw[0] * self.vae_factor, latent_hw[1] * self.vae_factor)
         T = len(self.features.timesteps)
         return {tap.name: _info(tap, out[tap.name], image_hw, T) for tap in taps}
+
+    def probe_inputs(self, latent_hw: tuple[int, int], batch: int = 1,
+                     device: str = "meta") -> tuple:
+        """Trunk inputs ``(sample, timesteps, context, added)`` of ``batch`` samples on
+        ``device`` (meta: shapes only), with a batch-1 text context as in real calls."""
+        context_shape, pooled = self.family.context_shape(self.source.folder, self.network_config)
+        sample, t, context, added = self.family.meta_inputs(self.network_config, latent_hw,
+                                                            context_shape, pooled, device=device)
+        grow = lambda x: x.expand(batch, *x.shape[1:])  # noqa: E731
+        added = {k: grow(v) for k, v in added.items()} if added else added
+        return grow(sample), grow(t), context, added
+
+    def list_taps(self, *, include_kinds: bool = False) -> list[str]:
+        """Every tap of the kept trunk that gives a per-sample activation (module order)."""
+        meta = DiffusionBackbone(self.backbone_config, self.features, self.preprocess,
+                                 source=self.source, load_weights=False)
+        latent_hw = self.family.native_latent_size(self.network_config)
+
+        def run(network: nn.Module) -> int:
+            with torch.no_grad():
+                meta.trunk(*meta.probe_inputs(latent_hw, batch=2))
+            return 2
+
+        return list_taps(meta.network, include_kinds=include_kinds, probe=run)
 
     # --------------------------------------------------------------------------- building
 
@@ -285,8 +318,13 @@ class DiffusionBackbone(nn.Module):
     def prepare_images(self, images: Any, value_range: tuple[float, float] | None = None
                        ) -> torch.Tensor:
         """Public-edge conversion: checked, resized, scaled ``(B, 3, H, W)`` network input."""
-        x = to_image_tensor(images, value_range=value_range)
-        x = resize_and_crop(x.to(self.device, torch.float32), self.preprocess)
+        if isinstance(images, (list, tuple)) and len(images) > 1 and self.preprocess.size:
+            # images of different sizes: each is resized on its own, then they form a batch
+            x = torch.cat([resize_and_crop(to_image_tensor(image, value_range=value_range).to(
+                self.device, torch.float32), self.preprocess) for image in images])
+        else:
+            x = to_image_tensor(images, value_range=value_range)
+            x = resize_and_crop(x.to(self.device, torch.float32), self.preprocess)
         check_size(x, self.size_multiple)
         return scale_range(x, self.preprocess.range).to(self.dtype)
 
@@ -325,9 +363,17 @@ class DiffusionBackbone(nn.Module):
         return list(timesteps)
 
     def noisy_latents(self, latent: torch.Tensor, noise: torch.Tensor | None = None,
-                      image_hw: tuple[int, int] | None = None
+                      image_hw: tuple[int, int] | None = None,
+                      prompt: Sequence[str] | str | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(T*E*B, C, h, w)`` noisy latents and their ``(T*E*B,)`` timesteps."""
+        """``(T*E*B, C, h, w)`` noisy latents and their ``(T*E*B,)`` timesteps.
+
+        Args:
+            latent: Clean latent ``(B, C, h, w)``.
+            noise: Explicit noise (see ``forward``).
+            image_hw: ``(H, W)`` of the images in pixels (SDXL's added conditions).
+            prompt: Call-time texts; DDIM inversion conditions on them as the forward does.
+        """
         cfg = self.features.noise
         timesteps = self.features.timesteps
         T, E, B = len(timesteps), cfg.ensemble, latent.shape[0]
@@ -344,7 +390,7 @@ class DiffusionBackbone(nn.Module):
             z = latent.unsqueeze(0).unsqueeze(0).expand(T, 1, *latent.shape)
         else:
             hw = image_hw or tuple(latent.shape[-2:])
-            z = torch.stack([self._invert(latent, t, hw) for t in timesteps]).unsqueeze(1)
+            z = torch.stack([self._invert(latent, t, hw, prompt) for t in timesteps]).unsqueeze(1)
         t_flat = t_index.repeat_interleave(E * B)  # (T*E*B,)
         return noise_ops.flatten_batch(z), t_flat
 
@@ -356,9 +402,10 @@ class DiffusionBackbone(nn.Module):
             self._noise_cache[key] = eps.to(latent.device)
         return self._noise_cache[key]
 
-    def _invert(self, latent: torch.Tensor, timestep: int, image_hw: tuple[int, int]
-                ) -> torch.Tensor:
-        context, added = self.conditioning(None, latent.shape[0], image_hw, latent.shape[0])
+    def _invert(self, latent: torch.Tensor, timestep: int, image_hw: tuple[int, int],
+                prompt: Sequence[str] | str | None = None) -> torch.Tensor:
+        # conditioned exactly as the final forward is (the call's texts, when given)
+        context, added = self.conditioning(prompt, latent.shape[0], image_hw, latent.shape[0])
 
         def predict(x, t):
             if self.family.text_conditioned:
@@ -388,7 +435,7 @@ class DiffusionBackbone(nn.Module):
         x = self.prepare_images(images, value_range)  # (B, 3, H, W) in preprocess.range
         batch, image_hw = x.shape[0], tuple(x.shape[-2:])
         latent = self.encode(x)  # (B, C, h, w)
-        z, timesteps = self.noisy_latents(latent, noise, image_hw)  # (T*E*B, C, h, w), (T*E*B,)
+        z, timesteps = self.noisy_latents(latent, noise, image_hw, prompt)  # (T*E*B, C, h, w), (T*E*B,)
         context, added = self.conditioning(prompt, batch, image_hw, z.shape[0])
         return batch, (z, timesteps, context, added)
 
@@ -466,3 +513,28 @@ class DiffusionBackbone(nn.Module):
 
         return specialize_backbone(self, size=size, latent_input=latent_input,
                                    source_config=source_config)
+
+
+def folder_taps(folder: Path, *, include_kinds: bool = False) -> list[str]:
+    """Every tap of the full network of a diffusers folder that gives a per-sample activation.
+
+    Built on the meta device and probed with one meta forward of two samples: no weight is read.
+    """
+    from accelerate import init_empty_weights
+
+    family = family_for_folder(folder)
+    config = family.read_config(folder)
+    with init_empty_weights():
+        network = family.build_network(config)
+
+    def run(net: nn.Module) -> int:
+        context_shape, pooled = family.context_shape(folder, config)
+        sample, t, context, added = family.meta_inputs(
+            config, family.native_latent_size(config), context_shape, pooled)
+        grow = lambda x: x.expand(2, *x.shape[1:])  # noqa: E731
+        added = {k: grow(v) for k, v in added.items()} if added else added
+        with torch.no_grad():
+            family.forward_full(net, grow(sample), grow(t), context, added)
+        return 2
+
+    return list_taps(network, include_kinds=include_kinds, probe=run)

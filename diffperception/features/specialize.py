@@ -155,11 +155,13 @@ def specialize_backbone(backbone, *, size: tuple[int, int] | None = None,
     if context is not None:
         bake_cross_attention(network, family.prepare_context(backbone.network, context.detach(),
                                                              added))
-    kept = dict(network.named_modules())
-    lost = [t.name for t in trunk.taps if t.path not in kept]
+    kept, before = dict(network.named_modules()), dict(backbone.network.named_modules())
+    lost = [t.name for t in trunk.taps if t.path not in kept
+            or (t.kind == "in" and type(kept[t.path]) is not type(before[t.path]))]
     if lost:
-        raise ValueError(f"Taps {lost} read modules that specialisation removes (to_k / to_v of "
-                         "a fixed-prompt cross-attention, or the time embedding).")
+        raise ValueError(f"Taps {lost} read modules that specialisation removes or whose input "
+                         "becomes a constant (to_k / to_v of a fixed-prompt cross-attention, the "
+                         "time embedding, the input of a frozen time projection).")
     trunk.frozen_timesteps = T
     trunk.attach_taps()
     if features.noise.kind == "fixed":

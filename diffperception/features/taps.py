@@ -20,7 +20,8 @@ from typing import Callable
 
 from torch import nn
 
-__all__ = ["Tap", "FeatureInfo", "parse_tap", "resolve_taps", "list_taps", "TAP_KINDS", "LAYOUTS"]
+__all__ = ["Tap", "FeatureInfo", "parse_tap", "resolve_taps", "list_taps", "tap_value_problem",
+           "TAP_KINDS", "LAYOUTS"]
 
 TAP_KINDS = ("out", "in", "attn", "logits")
 LAYOUTS = ("map", "tokens", "attention")
@@ -98,8 +99,8 @@ def resolve_taps(names: list[str], network: nn.Module,
             family that runs ``type(network)``, or none.
 
     Raises:
-        ValueError: Unknown module path (with the closest valid names), ``:attn`` on a module
-            that is not an ``Attention``, or duplicate names.
+        ValueError: Unknown module path (with the closest valid names), a container module,
+            ``:attn`` / ``:logits`` on a module that is not an ``Attention``.
     """
     if resolve_alias is None:
         from ..backbones import get_family, network_classes
@@ -119,6 +120,12 @@ def resolve_taps(names: list[str], network: nn.Module,
                 f"Unknown tap {name!r}: this network has no module {path!r}.{hint} "
                 "Call diffperception.list_taps(model) for every valid name."
             )
+        if _is_container(modules[path]):
+            children = [f"{path}.{c}" for c, _ in modules[path].named_children()][:4]
+            raise ValueError(
+                f"Tap {name!r}: {path!r} is a {type(modules[path]).__name__}, a container that is "
+                f"never called itself; tap one of its elements, e.g. {children}."
+            )
         if kind in ("attn", "logits") and not _is_attention(modules[path]):
             raise ValueError(
                 f"Tap {name!r}: ':{kind}' needs an Attention module (e.g. '...attn1' or "
@@ -128,20 +135,72 @@ def resolve_taps(names: list[str], network: nn.Module,
     return taps
 
 
-def list_taps(network: nn.Module, *, include_kinds: bool = False) -> list[str]:
-    """Every valid tap module path of a U-Net, in module order.
+def _is_container(module: nn.Module) -> bool:
+    return isinstance(module, (nn.ModuleList, nn.ModuleDict))
+
+
+def tap_value_problem(value: object, batch: int) -> str | None:
+    """Why a captured value is not a per-sample activation (None when it is one).
+
+    A tap must give a floating tensor with one row per trunk sample (``batch``), or one row for
+    all of them (K / V of a batch-1 text context).
+    """
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.ndim == 0:
+        return f"gives a {type(value).__name__}, not a tensor with one row per sample"
+    if not value.is_floating_point():
+        return f"gives {value.dtype} values (such as the timesteps), not an activation"
+    if value.shape[0] not in (batch, 1):
+        return (f"gives {value.shape[0]} rows for {batch} samples (shape {tuple(value.shape)}), "
+                "not one row per sample")
+    return None
+
+
+def list_taps(network: nn.Module, *, include_kinds: bool = False,
+              probe: Callable[[nn.Module], int] | None = None) -> list[str]:
+    """Every valid tap of a network, in module order.
+
+    Containers (``ModuleList``, ``ModuleDict``) are never called and are not listed. With
+    ``probe`` (a callable that runs the network once, on meta tensors, and returns the number of
+    samples it ran), only modules that run and give one row per sample are listed, and ``:in``
+    only where the input is such an activation.
 
     Args:
         network: A diffusers network (use ``diffperception.list_taps`` for repo ids and folders).
         include_kinds: Also list the ``:in`` variants and the ``:attn`` / ``:logits`` taps.
+        probe: Runs ``network`` once (see above).
     """
+    modules = [(p, m) for p, m in network.named_modules() if p and not _is_container(m)]
+    valid = _probe(modules, probe, network) if probe is not None else None
     names = []
-    for path, module in network.named_modules():
-        if not path:
-            continue
-        names.append(path)
-        if include_kinds:
-            names.append(f"{path}:in")
-            if _is_attention(module):
-                names += [f"{path}:attn", f"{path}:logits"]
+    for path, module in modules:
+        for kind in ("out", "in", "attn", "logits"):
+            if kind != "out" and not include_kinds:
+                break
+            if kind in ("attn", "logits") and not _is_attention(module):
+                continue
+            key = "out" if kind in ("attn", "logits") else kind
+            if valid is None or (path, key) in valid:
+                names.append(path if kind == "out" else f"{path}:{kind}")
     return names
+
+
+def _probe(modules: list[tuple[str, nn.Module]], probe: Callable[[nn.Module], int],
+           network: nn.Module) -> set[tuple[str, str]]:
+    """``{(path, "out" | "in")}`` whose values pass ``tap_value_problem`` in one probe run."""
+    seen: dict[tuple[str, str], object] = {}
+    handles = []
+    for path, module in modules:
+        def post(mod, args, out, _p=path):
+            seen[(_p, "out")] = out[0] if isinstance(out, (tuple, list)) else out
+        def pre(mod, args, kwargs, _p=path):
+            seen[(_p, "in")] = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        handles += [module.register_forward_hook(post),
+                    module.register_forward_pre_hook(pre, with_kwargs=True)]
+    try:
+        batch = probe(network)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {key for key, value in seen.items() if tap_value_problem(value, batch) is None}

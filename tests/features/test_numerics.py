@@ -217,3 +217,16 @@ def test_input_edges_are_clear_errors(tiny_repos, caplog):
     with caplog.at_level(logging.WARNING):
         prompt(_images())
     assert "truncated because the text encoder can only handle sequences up to 16 tokens" in caplog.text
+
+
+def test_images_of_different_sizes_form_a_batch_when_a_size_is_set(tiny_repos):
+    from PIL import Image
+
+    backbone = DiffusionBackbone.from_diffusers(tiny_repos["pixel"], taps=["mid_block"], size=(32, 32))
+    rng = torch.Generator().manual_seed(0)
+    arrays = [(torch.rand(h, w, 3, generator=rng) * 255).byte().numpy() for h, w in ((40, 50), (32, 32))]
+    pil = [Image.fromarray(a) for a in arrays]
+    with torch.no_grad():
+        batch = backbone(pil)["mid_block"]
+        one_by_one = torch.cat([backbone([image])["mid_block"] for image in pil])
+    assert batch.shape[0] == 2 and torch.allclose(batch, one_by_one, atol=1e-5)
