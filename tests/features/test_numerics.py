@@ -230,3 +230,31 @@ def test_images_of_different_sizes_form_a_batch_when_a_size_is_set(tiny_repos):
         batch = backbone(pil)["mid_block"]
         one_by_one = torch.cat([backbone([image])["mid_block"] for image in pil])
     assert batch.shape[0] == 2 and torch.allclose(batch, one_by_one, atol=1e-5)
+
+
+def test_ddim_inversion_conditions_on_the_call_time_prompt(tiny_repos, reference_pipes):
+    t, steps = 300, 3
+    backbone = DiffusionBackbone.from_diffusers(tiny_repos["sd1"], taps=["up_blocks.1"], timesteps=[t],
+                                                noise="ddim_inversion", inversion_steps=steps,
+                                                prompt=["a cat", "a dog"])
+    pipe = reference_pipes["sd1"]
+    abar = pipe.scheduler.alphas_cumprod
+    images, texts = _images(2), ["two birds", "a red fish"]
+    with torch.no_grad():
+        latent = pipe.vae.encode(images * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+        context = torch.cat([pipe.encode_prompt(x, "cpu", 1, False)[0] for x in texts])
+        x, a_cur = latent, torch.tensor(1.0)
+        grid = torch.linspace(0, t, steps + 1).round().long().tolist()
+        for t_cur, t_next in zip(grid[:-1], grid[1:]):  # epsilon-prediction DDIM inversion
+            eps = pipe.unet(x, torch.full((2,), t_cur), encoder_hidden_states=context).sample
+            x = abar[t_next].sqrt() * (x - (1 - a_cur).sqrt() * eps) / a_cur.sqrt() \
+                + (1 - abar[t_next]).sqrt() * eps
+            a_cur = abar[t_next]
+        store, handles = hook_full_unet(pipe.unet, ["up_blocks.1"])
+        pipe.unet(x, torch.full((2,), t), encoder_hidden_states=context)
+        for h in handles:
+            h.remove()
+        ours = backbone(images, prompt=texts)["up_blocks.1"]
+        one = backbone(images[:1], prompt=texts[:1])["up_blocks.1"]  # 1 image, 1 text
+    assert (ours - store["up_blocks.1"]).abs().max() <= 1e-4
+    assert (one - store["up_blocks.1"][:1]).abs().max() <= 1e-4
