@@ -33,7 +33,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "features": frozenset(_CORE[:3]),
     "heads": frozenset(_CORE[:4]),
     "modeling": frozenset(_CORE[:5]),
-    "data": frozenset({"config", "hub"}),
+    # + default_model: its digits split is the offline data set "digits"
+    "data": frozenset({"config", "hub", "default_model"}),
     "export": frozenset(_CORE) | {"kit"},
     "evaluation": frozenset(_CORE) | {"data"},
     "training": frozenset(_CORE) | {"data", "evaluation"},  # a training loop reports metrics

@@ -1,0 +1,129 @@
+"""Image-classification data through Hugging Face ``datasets``, and offline stand-ins.
+
+``load_image_dataset(source, split)`` returns a ``datasets.Dataset`` with an ``image`` column
+(PIL images, or float arrays ``(3, H, W)`` in [0, 1]) and a ``label`` column
+(``datasets.ClassLabel``, so ``dataset.features["label"].names`` are the class names):
+
+- ``"digits"``: the shipped default model's scikit-learn digits split (32 px, offline);
+- a folder in ``imagefolder`` layout (``<root>/<split>/<class>/<image>`` or ``<root>/<class>/...``);
+- a dataset saved with ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` that has image and
+  label columns.
+
+``few_shot`` and ``label_fraction`` take seeded, class-balanced subsets (k images per class; 1% /
+10% of the labels).
+
+Example:
+    >>> train = load_image_dataset("digits", "train")
+    >>> train.features["label"].names[:3]
+    ['zero', 'one', 'two']
+    >>> five = few_shot(train, 5, seed=0)          # 50 images, 5 per class
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["load_image_dataset", "few_shot", "label_fraction", "class_names", "DIGITS"]
+
+DIGITS = "digits"
+
+
+def _digits(split: str):
+    import datasets
+
+    from ..default_model import CLASS_NAMES, load_digits_split
+
+    data = load_digits_split()
+    if split not in ("train", "test"):
+        raise ValueError(f"The digits data set has splits 'train' and 'test', not {split!r}.")
+    images, labels = data[f"{split}_images"], data[f"{split}_labels"]  # (N, 3, 32, 32) in [0, 1]
+    features = datasets.Features({
+        "image": datasets.Array3D(shape=tuple(images.shape[1:]), dtype="float32"),
+        "label": datasets.ClassLabel(names=list(CLASS_NAMES)),
+    })
+    return datasets.Dataset.from_dict(
+        {"image": images.astype(np.float32), "label": labels.astype(np.int64)}, features=features)
+
+
+def load_image_dataset(source: str | os.PathLike, split: str = "train") -> Any:
+    """An image-classification split as a ``datasets.Dataset`` (see the module docstring).
+
+    Args:
+        source: ``"digits"``, an image folder, or a folder written by ``save_to_disk``.
+        split: The split (``"train"``, ``"test"``, ``"validation"``...).
+
+    Raises:
+        FileNotFoundError: No such folder.
+        ValueError: An unknown split, or a dataset without image and label columns.
+    """
+    import datasets
+
+    if str(source) == DIGITS:
+        return _digits(split)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; pass 'digits', an image folder "
+                                "(<root>/<class>/<image>) or a folder written by save_to_disk.")
+    if (root / "dataset_dict.json").is_file() or (root / "dataset_info.json").is_file():
+        loaded = datasets.load_from_disk(str(root))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{root} has splits {list(loaded)}, not {split!r}.")
+            loaded = loaded[split]
+    else:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(root))
+        if split not in loaded:
+            raise ValueError(f"{root} has splits {list(loaded)}, not {split!r} (an image folder "
+                             "without split folders has only 'train').")
+        loaded = loaded[split]
+    missing = [c for c in ("image", "label") if c not in loaded.column_names]
+    if missing or not isinstance(loaded.features["label"], datasets.ClassLabel):
+        raise ValueError(f"{root} ({split}) needs an 'image' column and a ClassLabel 'label' "
+                         f"column; it has {loaded.features}.")
+    return loaded
+
+
+def class_names(dataset: Any) -> list[str]:
+    """The class names of a dataset's ``label`` column."""
+    return list(dataset.features["label"].names)
+
+
+def few_shot(dataset: Any, shots: int, *, seed: int = 0) -> Any:
+    """``shots`` images of every class, drawn with ``seed`` (class-balanced).
+
+    Raises:
+        ValueError: ``shots`` below 1, or a class with fewer images.
+    """
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"shots = {shots!r} is invalid: an integer >= 1.")
+    labels = np.asarray(dataset["label"])
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < shots:
+            raise ValueError(f"Class {label} has {len(members)} images, fewer than shots={shots}.")
+        keep.extend(rng.choice(members, shots, replace=False).tolist())
+    return dataset.select(sorted(keep))
+
+
+def label_fraction(dataset: Any, fraction: float, *, seed: int = 0) -> Any:
+    """A class-balanced ``fraction`` of the images (at least one per class), drawn with ``seed``.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1].
+    """
+    if not 0 < float(fraction) <= 1:
+        raise ValueError(f"fraction = {fraction!r} is invalid: a number in (0, 1].")
+    labels = np.asarray(dataset["label"])
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = max(1, int(round(fraction * len(members))))
+        keep.extend(rng.choice(members, count, replace=False).tolist())
+    return dataset.select(sorted(keep))

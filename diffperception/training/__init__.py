@@ -1,0 +1,1 @@
+"""Training loops for task heads (and learned additions) on a frozen diffusion trunk."""
