@@ -4,6 +4,12 @@ The files of a saved model (``config.json``, ``model.safetensors``, ``backbone/`
 and the helpers that find, read and push them live in ``diffperception.modeling.hub_io``. State-dict keys read ``backbone.<component>.*``,
 ``backbone.vae.*``, ``backbone.prompt.*`` and ``head.*``.
 
+A save is all-or-nothing: it is written into a temporary folder next to the target and then
+moved into place (``hub_io.commit_saved_files``); only files a save writes are replaced, a
+user's ``README.md`` and other files are kept. A saved ``config.json`` names a base model built
+from a local folder by the folder's name only (``"local:<name>"``), never by its path, unless the
+save leaves the trunk out and needs the path to reload it.
+
 ``save_pretrained(..., bundle_trunk=False)`` leaves the trunk and ``backbone/`` out:
 ``model.safetensors`` then holds only what is not in the base model (head, learned prompt, text
 context) and loading reads the trunk from the base repo at the pinned revision.
@@ -15,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar, Sequence, TypeVar
@@ -22,15 +29,16 @@ from typing import Any, ClassVar, Sequence, TypeVar
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..backbones.loading import ModelSource, read_tensors, resolve_source
+from ..backbones.loading import ModelSource, check_diffusers_folder, read_tensors, resolve_source
 from ..config import CONFIG_FORMAT_VERSION, HeadConfig, TaskConfig
-from ..hub import is_hub_repo_id
+from ..hub import is_hub_repo_id, public_base_name, source_kind
 from .hub_io import (
     BACKBONE_DIR,
     CARD_NAME,
     CONFIG_NAME,
     backbone_config_files,
     check_state_dict,
+    commit_saved_files,
     create_model_repo,
     format_keys,
     read_config,
@@ -187,12 +195,17 @@ class DiffusionPerceptionModel(
     # ------------------------------------------------------------------------------- config
 
     def saved_config(self) -> dict[str, Any]:
-        """The ``config.json`` dict: the config with the resolved base revision and versions."""
+        """The ``config.json`` dict: the config with the resolved base revision and versions.
+
+        A base model that is a local folder is named ``"local:<folder name>"``
+        (``diffperception.hub.public_base_name``): no local path is published.
+        """
         from .. import __version__
 
         data = self.config.to_dict()
         if self.source.revision is not None:
             data["backbone"]["revision"] = self.source.revision
+        data["backbone"]["repo_id"] = public_base_name(data["backbone"]["repo_id"])
         data["architecture"] = registered_name(type(self))
         data["diffperception_version"] = __version__
         data["config_format"] = CONFIG_FORMAT_VERSION
@@ -218,35 +231,54 @@ class DiffusionPerceptionModel(
     ) -> str | None:
         """Saves ``config.json``, ``model.safetensors`` (+ ``backbone/``) and ``README.md``.
 
+        All or nothing: the files are written into a temporary folder next to ``save_directory``
+        and moved into place only when all are written, so a failure (a bad argument, a full
+        disk) leaves an earlier save untouched. Only files a save writes are replaced or removed
+        (the old shards, ``backbone/`` files of an earlier save); other files are kept, and so is
+        a ``README.md`` that is not a card this package generated.
+
         Args:
-            save_directory: Folder to write (created if needed; files of an earlier save are
-                replaced).
+            save_directory: Folder to write (created if needed).
             bundle_trunk: Save the trunk's weights and configs (the folder works without the
                 base repo); False saves only the head and reloads the trunk from the base repo
                 at the pinned revision.
-            max_shard_size: Shard the weights above this size (huggingface_hub's helpers).
+            max_shard_size: Shard the weights above this size (an int of bytes, or "5GB").
             metrics: Evaluation results for the card's ``model-index``: ``EvalResult``s or dicts
                 of its fields (``task_type``, ``dataset_type``, ``dataset_name``,
                 ``metric_type``, ``metric_value``, ...).
             license: License of the card; default: the base model's, when known.
-            model_id: The name the card's usage snippet loads (default: ``save_directory``).
+            model_id: The name the card's usage snippet loads (default: ``save_directory``; a
+                push names the repository instead).
             push_to_hub: Also push (``repo_id``, default the folder name) with
                 ``push_to_hub_kwargs``.
 
         Returns:
             The commit URL when pushed, else None.
 
+        Raises:
+            ValueError: An invalid ``max_shard_size``; ``bundle_trunk=False`` with a base whose
+                folder is not recorded; a linked folder in ``save_directory`` leading outside.
+            RuntimeError: Tensors without values (meta device).
+            OSError: Writing failed (e.g. a full disk); the earlier save is untouched.
+
         Example:
             >>> model.save_pretrained("out/")            # config.json, model.safetensors, README.md
             >>> AutoDiffusionPerception.from_pretrained("out/")
         """
         save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self._save_pretrained(save_directory, bundle_trunk=bundle_trunk,
-                              max_shard_size=max_shard_size)
-        card = self.generate_model_card(model_id=model_id or str(save_directory), metrics=metrics,
-                                        license=license, bundle_trunk=bundle_trunk)
-        card.save(save_directory / CARD_NAME)
+        save_directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.saving-",
+                                        dir=save_directory.parent))
+        try:
+            self._save_pretrained(staging, bundle_trunk=bundle_trunk,
+                                  max_shard_size=max_shard_size)
+            card = self.generate_model_card(model_id=model_id or str(save_directory),
+                                            metrics=metrics, license=license,
+                                            bundle_trunk=bundle_trunk)
+            card.save(staging / CARD_NAME)
+            commit_saved_files(staging, save_directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         if push_to_hub:
             return self.push_to_hub(repo_id or save_directory.name, bundle_trunk=bundle_trunk,
                                     max_shard_size=max_shard_size, metrics=metrics,
@@ -255,10 +287,18 @@ class DiffusionPerceptionModel(
 
     def _save_pretrained(self, save_directory: Path, *, bundle_trunk: bool = True,
                          max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
-        """Writes the config, the weights (sharded above ``max_shard_size``) and ``backbone/``."""
+        """Writes the config, the weights (sharded above ``max_shard_size``) and ``backbone/``.
+
+        ``save_directory`` is written as is (``save_pretrained`` passes an empty temporary
+        folder).
+        """
         from huggingface_hub import save_torch_state_dict
 
-        # Read before writing: the model may have been loaded from this very folder.
+        _check_shard_size(max_shard_size)
+        config = self.saved_config()
+        if not bundle_trunk:
+            config["backbone"]["repo_id"] = self._unbundled_base()
+        # Read before writing: the model may have been loaded from the target folder.
         configs = backbone_config_files(self.source.folder, self._keeps_text_encoders(),
                                         self.backbone.family.component) \
             if bundle_trunk else {}
@@ -269,17 +309,26 @@ class DiffusionPerceptionModel(
         if meta:
             raise RuntimeError(f"Tensors {format_keys(meta)} have no values (meta device): load the "
                                "weights before saving.")
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.saved_config(), indent=2) + "\n")
         save_torch_state_dict(
             {k: v.detach() for k, v in state.items()}, save_directory,
             filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size,
             metadata={"diffperception_contents": "trunk+head" if bundle_trunk else "head"},
         )
         backbone = save_directory / BACKBONE_DIR
-        shutil.rmtree(backbone, ignore_errors=True)
         for name, data in configs.items():
             (backbone / name).parent.mkdir(parents=True, exist_ok=True)
             (backbone / name).write_bytes(data)
+        (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    def _unbundled_base(self) -> str:
+        """The base ``repo_id`` an unbundled save records: the trunk is read from it on load."""
+        repo_id = self.config.backbone.repo_id
+        if repo_id.startswith("local:"):
+            raise ValueError(
+                f"bundle_trunk=False needs the base model to reload the trunk from, but this "
+                f"model's base {repo_id!r} was a local folder whose path is not recorded; save "
+                "with bundle_trunk=True.")
+        return repo_id
 
     def push_to_hub(
         self,
@@ -386,9 +435,11 @@ class DiffusionPerceptionModel(
                                       token=token, force_download=force_download)
         config = read_config(folder)
         target = cls._class_for(TaskConfig.from_dict(config).architecture, folder)
+        from_hub = source_kind(pretrained_model_name_or_path) == "repo"
         return target._from_pretrained(model_id=str(folder), revision=revision, cache_dir=cache_dir,
                                        force_download=force_download, token=token,
-                                       local_files_only=local_files_only, config=config)
+                                       local_files_only=local_files_only, config=config,
+                                       from_hub=from_hub)
 
     @classmethod
     def _class_for(cls, architecture: str, folder: Path) -> type:
@@ -406,8 +457,14 @@ class DiffusionPerceptionModel(
     def _from_pretrained(cls: type[M], *, model_id: str, revision: str | None,
                          cache_dir: str | os.PathLike | None, force_download: bool,
                          local_files_only: bool, token: str | bool | None,
-                         config: dict[str, Any] | None = None, **_: Any) -> M:
-        """Builds the model from the resolved folder ``model_id`` and loads its weights strictly."""
+                         config: dict[str, Any] | None = None, from_hub: bool = False,
+                         **_: Any) -> M:
+        """Builds the model from the resolved folder ``model_id`` and loads its weights strictly.
+
+        A bundled ``backbone/`` is checked like any diffusers folder, inside ``model_id``. An
+        unbundled model downloaded from the Hub (``from_hub``) must name a Hub repo as its base:
+        a local path or alias read from a downloaded file is refused.
+        """
         folder = Path(model_id)
         task_config = TaskConfig.from_dict(config if config is not None else read_config(folder))
         backbone = folder / BACKBONE_DIR
@@ -416,13 +473,16 @@ class DiffusionPerceptionModel(
         component = get_family(task_config.backbone.family).component
         bundled = (backbone / component / "config.json").is_file()
         if bundled:
+            check_diffusers_folder(backbone, root=folder)
             source = ModelSource(folder=backbone, repo_id=task_config.backbone.repo_id,
                                  revision=task_config.backbone.revision)
             model = cls(task_config, source=source, load_weights=False)
         else:
+            _check_unbundled_base(task_config.backbone.repo_id, folder)
             source = resolve_source(task_config.backbone.repo_id,
                                     revision=task_config.backbone.revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token)
+                                    local_files_only=local_files_only, token=token,
+                                    hub_only=from_hub)
             model = cls(task_config, source=source, load_weights=True)
         model.load_saved_weights(saved_weight_files(folder), include_trunk=bundled,
                                  config_format=task_config.config_format)
@@ -457,6 +517,29 @@ class DiffusionPerceptionModel(
         if empty:
             raise RuntimeError(f"After loading, tensors {format_keys(empty)} still have no values; the "
                                "saved model is incomplete.")
+
+
+def _check_unbundled_base(repo_id: str, folder: Path) -> None:
+    """A FileNotFoundError when an unbundled model's base was a local folder not recorded."""
+    if repo_id.startswith("local:"):
+        raise FileNotFoundError(
+            f"{folder} holds no backbone/ and its base model {repo_id!r} was a local folder whose "
+            "path is not recorded, so the trunk cannot be rebuilt; save the model again with "
+            "bundle_trunk=True.")
+
+
+def _check_shard_size(max_shard_size: int | str) -> None:
+    """Raises a ValueError naming ``max_shard_size`` unless it is a positive size."""
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    try:
+        size = (max_shard_size if isinstance(max_shard_size, int)
+                and not isinstance(max_shard_size, bool) else parse_size_to_int(max_shard_size))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"max_shard_size = {max_shard_size!r} is invalid: a number of bytes or "
+                         "a size such as '5GB' or '500MB'.") from err
+    if size <= 0:
+        raise ValueError(f"max_shard_size = {max_shard_size!r} is invalid: it must be positive.")
 
 
 def migrate_format1_key(key: str) -> str:
