@@ -6,9 +6,9 @@ and the helpers that find, read and push them live in ``diffperception.modeling.
 
 A save is all-or-nothing: it is written into a temporary folder next to the target and then
 moved into place (``hub_io.commit_saved_files``); only files a save writes are replaced, a
-user's ``README.md`` and other files are kept. A saved ``config.json`` names a base model built
-from a local folder by the folder's name only (``"local:<name>"``), never by its path, unless the
-save leaves the trunk out and needs the path to reload it.
+user's ``README.md`` and other files are kept. What is published (a push, an export's metadata,
+the model card) names a base model built from a local folder by the folder's name only
+(``"local:<name>"``), never by its path; a local save's ``config.json`` keeps the path as given.
 
 ``save_pretrained(..., bundle_trunk=False)`` leaves the trunk and ``backbone/`` out:
 ``model.safetensors`` then holds only what is not in the base model (head, learned prompt, text
@@ -41,7 +41,7 @@ from .hub_io import (
     commit_saved_files,
     create_model_repo,
     format_keys,
-    read_config,
+    read_task_config,
     resolve_model_folder,
     saved_weight_files,
     upload_model_folder,
@@ -187,25 +187,28 @@ class DiffusionPerceptionModel(
             ValueError: Noise or prompt kinds that are not constants, or a bad size.
         """
         special = self.backbone.specialize(size, latent_input=latent_input,
-                                           source_config=self.saved_config())
+                                           source_config=self.saved_config(publish=True))
         if self.head.output_key == "features":
             return special
         return SpecializedTaskModel(special, copy.deepcopy(self.head)).eval()
 
     # ------------------------------------------------------------------------------- config
 
-    def saved_config(self) -> dict[str, Any]:
+    def saved_config(self, *, publish: bool = False) -> dict[str, Any]:
         """The ``config.json`` dict: the config with the resolved base revision and versions.
 
-        A base model that is a local folder is named ``"local:<folder name>"``
-        (``diffperception.hub.public_base_name``): no local path is published.
+        Args:
+            publish: Name a base model that is a local folder ``"local:<folder name>"``
+                (``diffperception.hub.public_base_name``), as a push and an export do, so no local
+                path is published; a local save keeps the path as given.
         """
         from .. import __version__
 
         data = self.config.to_dict()
         if self.source.revision is not None:
             data["backbone"]["revision"] = self.source.revision
-        data["backbone"]["repo_id"] = public_base_name(data["backbone"]["repo_id"])
+        if publish:
+            data["backbone"]["repo_id"] = public_base_name(data["backbone"]["repo_id"])
         data["architecture"] = registered_name(type(self))
         data["diffperception_version"] = __version__
         data["config_format"] = CONFIG_FORMAT_VERSION
@@ -297,7 +300,7 @@ class DiffusionPerceptionModel(
         _check_shard_size(max_shard_size)
         config = self.saved_config()
         if not bundle_trunk:
-            config["backbone"]["repo_id"] = self._unbundled_base()
+            self._check_unbundled_base()
         # Read before writing: the model may have been loaded from the target folder.
         configs = backbone_config_files(self.source.folder, self._keeps_text_encoders(),
                                         self.backbone.family.component) \
@@ -320,15 +323,14 @@ class DiffusionPerceptionModel(
             (backbone / name).write_bytes(data)
         (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
-    def _unbundled_base(self) -> str:
-        """The base ``repo_id`` an unbundled save records: the trunk is read from it on load."""
+    def _check_unbundled_base(self) -> None:
+        """An unbundled save needs a base to reload the trunk from (not a ``local:`` name)."""
         repo_id = self.config.backbone.repo_id
         if repo_id.startswith("local:"):
             raise ValueError(
                 f"bundle_trunk=False needs the base model to reload the trunk from, but this "
                 f"model's base {repo_id!r} was a local folder whose path is not recorded; save "
                 "with bundle_trunk=True.")
-        return repo_id
 
     def push_to_hub(
         self,
@@ -433,8 +435,8 @@ class DiffusionPerceptionModel(
         folder = resolve_model_folder(pretrained_model_name_or_path, revision=revision,
                                       cache_dir=cache_dir, local_files_only=local_files_only,
                                       token=token, force_download=force_download)
-        config = read_config(folder)
-        target = cls._class_for(TaskConfig.from_dict(config).architecture, folder)
+        config, task_config = read_task_config(folder)
+        target = cls._class_for(task_config.architecture, folder)
         from_hub = source_kind(pretrained_model_name_or_path) == "repo"
         return target._from_pretrained(model_id=str(folder), revision=revision, cache_dir=cache_dir,
                                        force_download=force_download, token=token,
@@ -466,7 +468,8 @@ class DiffusionPerceptionModel(
         a local path or alias read from a downloaded file is refused.
         """
         folder = Path(model_id)
-        task_config = TaskConfig.from_dict(config if config is not None else read_config(folder))
+        task_config = (TaskConfig.from_dict(config) if config is not None
+                       else read_task_config(folder)[1])
         backbone = folder / BACKBONE_DIR
         from ..backbones import get_family
 

@@ -31,6 +31,7 @@ import torch
 from ..backbones.base import list_components
 from ..backbones.loading import TEXT_SLOTS
 from ..backbones.model_files import check_inside, find_weight_files, read_json_object
+from ..config import TaskConfig
 from ..hub import HubKwargs, glob_escape, resolve_folder
 
 if TYPE_CHECKING:
@@ -55,8 +56,10 @@ __all__ = [
     "format_keys",
     "is_generated_card",
     "is_written_file",
+    "published_config",
     "pull_patterns",
     "read_config",
+    "read_task_config",
     "resolve_model_folder",
     "saved_weight_files",
     "stale_file_patterns",
@@ -185,6 +188,22 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CONFIG_NAME
     check_inside(path, folder)
     return read_json_object(path, fix="re-save the model with save_pretrained, or re-download it")
+
+
+def read_task_config(folder: str | os.PathLike) -> tuple[dict[str, Any], TaskConfig]:
+    """Reads and validates ``config.json`` of a saved task model: ``(the dict, the TaskConfig)``.
+
+    Raises:
+        FileNotFoundError: No ``config.json``.
+        ValueError: Not a JSON object (see :func:`read_config`), or a config with missing,
+            unknown or impossible keys; the message names the file.
+    """
+    data = read_config(folder)
+    try:
+        return data, TaskConfig.from_dict(data)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
+        raise ValueError(f"{Path(folder) / CONFIG_NAME} is not a valid task model config: {err} "
+                         "Repair it, or save the model again with save_pretrained.") from err
 
 
 def saved_weight_files(folder: str | os.PathLike) -> list[Path]:
@@ -347,7 +366,8 @@ def upload_model_folder(
     """Uploads a saved task model folder in one commit that also drops stale files.
 
     Only the files a save writes are uploaded (:func:`written_files`, each checked to be a file
-    inside ``folder``), and ``README.md``, its usage snippet naming ``repo_id``, unless the
+    inside ``folder``; ``config.json`` as :func:`published_config`: no local path), and
+    ``README.md``, its usage snippet naming ``repo_id``, unless the
     repository holds a README that is not a generated card (the user's is kept). Files of an
     earlier push that this one lacks (old shards, ``backbone/`` files: :func:`stale_file_patterns`)
     are deleted in the same commit; nothing else is.
@@ -362,7 +382,8 @@ def upload_model_folder(
         The ``CommitInfo`` (``.oid`` the commit sha, ``.commit_url``).
 
     Raises:
-        ValueError: A file to upload is a link leading outside ``folder``.
+        ValueError: A file to upload is a link leading outside ``folder``; an unbundled save
+            whose base is no Hub repo.
         RuntimeError: The Hub refused the commit.
     """
     from fnmatch import fnmatchcase
@@ -375,7 +396,8 @@ def upload_model_folder(
     folder = Path(folder)
     files = written_files(folder)
     operations: list[Any] = [CommitOperationAdd(name, str(check_inside(folder / name, folder)))
-                             for name in files]
+                             for name in files if name != CONFIG_NAME]
+    operations.append(CommitOperationAdd(CONFIG_NAME, published_config(folder)))
     api = HfApi(token=token)
     try:
         if (folder / CARD_NAME).is_file() and _may_replace_remote_card(api, repo_id, branch):
@@ -389,6 +411,33 @@ def upload_model_folder(
                                  revision=branch, create_pr=create_pr)
     except HfHubHTTPError as err:
         raise _push_refused(repo_id, err) from err
+
+
+def published_config(folder: str | os.PathLike) -> bytes:
+    """``config.json`` of a saved folder as a push publishes it: no local path.
+
+    A base model that is a local folder is named ``"local:<folder name>"``.
+
+    Raises:
+        ValueError: An unbundled save (no ``backbone/``) whose base is no Hub repo: pulled from
+            the Hub it could not rebuild its trunk.
+    """
+    import json
+
+    from ..backbones.base import get_family
+    from ..hub import is_hub_repo_id, public_base_name
+
+    folder = Path(folder)
+    data, config = read_task_config(folder)
+    base = config.backbone.repo_id
+    component = get_family(config.backbone.family).component
+    if not (folder / BACKBONE_DIR / component / "config.json").is_file() and not is_hub_repo_id(base):
+        raise ValueError(
+            f"{folder} holds no backbone/ and its base {public_base_name(base)!r} is no Hub repo: "
+            "pulled from the Hub it could not rebuild its trunk, and pushing it would publish a "
+            "local path. Save it with bundle_trunk=True, or build it from a Hub repo id.")
+    data["backbone"]["repo_id"] = public_base_name(base)
+    return (json.dumps(data, indent=2) + "\n").encode("utf-8")
 
 
 def _may_replace_remote_card(api: Any, repo_id: str, branch: str | None) -> bool:
