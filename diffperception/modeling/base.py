@@ -273,12 +273,9 @@ class DiffusionPerceptionModel(
         staging = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.saving-",
                                         dir=save_directory.parent))
         try:
-            self._save_pretrained(staging, bundle_trunk=bundle_trunk,
-                                  max_shard_size=max_shard_size)
-            card = self.generate_model_card(model_id=model_id or str(save_directory),
-                                            metrics=metrics, license=license,
-                                            bundle_trunk=bundle_trunk)
-            card.save(staging / CARD_NAME)
+            self._write_staged(staging, save_directory, bundle_trunk=bundle_trunk,
+                               max_shard_size=max_shard_size, metrics=metrics, license=license,
+                               model_id=model_id)
             commit_saved_files(staging, save_directory)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -287,6 +284,24 @@ class DiffusionPerceptionModel(
                                     max_shard_size=max_shard_size, metrics=metrics,
                                     license=license, **push_to_hub_kwargs)
         return None
+
+    def _write_staged(self, staging: Path, save_directory: Path, *, bundle_trunk: bool,
+                      max_shard_size: int | str, metrics: Sequence[Any] | None,
+                      license: str | None, model_id: str | None) -> None:  # noqa: A002
+        """Writes the whole save into ``staging``; a failed write names the target's fate."""
+        from safetensors import SafetensorError
+
+        try:
+            self._save_pretrained(staging, bundle_trunk=bundle_trunk,
+                                  max_shard_size=max_shard_size)
+            card = self.generate_model_card(model_id=model_id or str(save_directory),
+                                            metrics=metrics, license=license,
+                                            bundle_trunk=bundle_trunk)
+            card.save(staging / CARD_NAME)
+        except (OSError, SafetensorError) as err:
+            raise OSError(f"Saving {save_directory} failed while writing ({err}); nothing in it "
+                          "was changed, an earlier save in it is intact. Free disk space (or "
+                          "fix the error) and save again.") from err
 
     def _save_pretrained(self, save_directory: Path, *, bundle_trunk: bool = True,
                          max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
