@@ -330,7 +330,9 @@ def test_importing_the_package_registers_the_default_model_alias():
 
 def _task_folder(root: Path, shards: int) -> Path:
     root.mkdir(parents=True)
-    (root / "config.json").write_text("{}")
+    (root / "config.json").write_text(json.dumps({
+        "architecture": "DiffusionPerceptionForFeatureExtraction",
+        "backbone": {"family": "sd", "repo_id": "org/base"}, "features": {"taps": ["mid_block"]}}))
     (root / "README.md").write_text("card\n")
     (root / "notes.txt").write_text("not a task model file\n")
     if shards == 1:

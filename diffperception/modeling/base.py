@@ -37,7 +37,9 @@ from .hub_io import (
     CARD_NAME,
     CONFIG_NAME,
     backbone_config_files,
+    check_shard_size,
     check_state_dict,
+    check_unbundled_base,
     commit_saved_files,
     create_model_repo,
     format_keys,
@@ -234,11 +236,9 @@ class DiffusionPerceptionModel(
     ) -> str | None:
         """Saves ``config.json``, ``model.safetensors`` (+ ``backbone/``) and ``README.md``.
 
-        All or nothing: the files are written into a temporary folder next to ``save_directory``
-        and moved into place only when all are written, so a failure (a bad argument, a full
-        disk) leaves an earlier save untouched. Only files a save writes are replaced or removed
-        (the old shards, ``backbone/`` files of an earlier save); other files are kept, and so is
-        a ``README.md`` that is not a card this package generated.
+        All or nothing: written into a temporary folder next to ``save_directory``, then moved
+        into place, so a failure leaves an earlier save untouched. Only files a save writes are
+        replaced or removed; other files, and a ``README.md`` that is not a generated card, stay.
 
         Args:
             save_directory: Folder to write (created if needed).
@@ -312,7 +312,7 @@ class DiffusionPerceptionModel(
         """
         from huggingface_hub import save_torch_state_dict
 
-        _check_shard_size(max_shard_size)
+        check_shard_size(max_shard_size)
         config = self.saved_config()
         if not bundle_trunk:
             self._check_unbundled_base()
@@ -363,6 +363,11 @@ class DiffusionPerceptionModel(
         **_: Any,
     ) -> str:
         """Saves the model into a temporary folder and uploads it in one commit.
+
+        Only files a save writes are uploaded; of the repository's files, only those an earlier
+        push wrote that this one lacks (old shards, ``backbone/`` files) are deleted, and a
+        ``README.md`` that is not a generated card is kept (``hub_io.upload_model_folder``). A
+        base model that is a local folder is published as ``"local:<folder name>"``.
 
         Args:
             repo_id: ``"namespace/name"``; the repo is created if it does not exist.
@@ -496,7 +501,7 @@ class DiffusionPerceptionModel(
                                  revision=task_config.backbone.revision)
             model = cls(task_config, source=source, load_weights=False)
         else:
-            _check_unbundled_base(task_config.backbone.repo_id, folder)
+            check_unbundled_base(task_config.backbone.repo_id, folder)
             source = resolve_source(task_config.backbone.repo_id,
                                     revision=task_config.backbone.revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only, token=token,
@@ -535,29 +540,6 @@ class DiffusionPerceptionModel(
         if empty:
             raise RuntimeError(f"After loading, tensors {format_keys(empty)} still have no values; the "
                                "saved model is incomplete.")
-
-
-def _check_unbundled_base(repo_id: str, folder: Path) -> None:
-    """A FileNotFoundError when an unbundled model's base was a local folder not recorded."""
-    if repo_id.startswith("local:"):
-        raise FileNotFoundError(
-            f"{folder} holds no backbone/ and its base model {repo_id!r} was a local folder whose "
-            "path is not recorded, so the trunk cannot be rebuilt; save the model again with "
-            "bundle_trunk=True.")
-
-
-def _check_shard_size(max_shard_size: int | str) -> None:
-    """Raises a ValueError naming ``max_shard_size`` unless it is a positive size."""
-    from huggingface_hub.serialization._base import parse_size_to_int
-
-    try:
-        size = (max_shard_size if isinstance(max_shard_size, int)
-                and not isinstance(max_shard_size, bool) else parse_size_to_int(max_shard_size))
-    except (ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"max_shard_size = {max_shard_size!r} is invalid: a number of bytes or "
-                         "a size such as '5GB' or '500MB'.") from err
-    if size <= 0:
-        raise ValueError(f"max_shard_size = {max_shard_size!r} is invalid: it must be positive.")
 
 
 def migrate_format1_key(key: str) -> str:

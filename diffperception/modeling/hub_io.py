@@ -50,7 +50,9 @@ __all__ = [
     "WEIGHTS_NAME",
     "backbone_config_files",
     "backbone_file_names",
+    "check_shard_size",
     "check_state_dict",
+    "check_unbundled_base",
     "commit_saved_files",
     "create_model_repo",
     "format_keys",
@@ -326,6 +328,42 @@ def _remove_empty_parents(path: Path, stop: Path) -> None:
         if parent == stop or not parent.is_dir() or any(parent.iterdir()):
             return
         parent.rmdir()
+
+
+def check_unbundled_base(repo_id: str, folder: Path) -> None:
+    """Checks that an unbundled saved model (no ``backbone/``) can find its trunk's base.
+
+    Args:
+        repo_id: ``config.backbone.repo_id`` of the saved model.
+        folder: The saved model's folder, for the message.
+
+    Raises:
+        FileNotFoundError: The base is named ``local:<name>``: a local folder whose path a
+            published config does not record.
+    """
+    if repo_id.startswith("local:"):
+        raise FileNotFoundError(
+            f"{folder} holds no backbone/ and its base model {repo_id!r} was a local folder whose "
+            "path is not recorded, so the trunk cannot be rebuilt; save the model again with "
+            "bundle_trunk=True.")
+
+
+def check_shard_size(max_shard_size: int | str) -> None:
+    """Checks a ``max_shard_size`` before anything is written.
+
+    Raises:
+        ValueError: Not a positive number of bytes or a size such as ``"5GB"``.
+    """
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    try:
+        size = (max_shard_size if isinstance(max_shard_size, int)
+                and not isinstance(max_shard_size, bool) else parse_size_to_int(max_shard_size))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"max_shard_size = {max_shard_size!r} is invalid: a number of bytes or "
+                         "a size such as '5GB' or '500MB'.") from err
+    if size <= 0:
+        raise ValueError(f"max_shard_size = {max_shard_size!r} is invalid: it must be positive.")
 
 
 # ------------------------------------------------------------------------------------ pushing

@@ -186,6 +186,14 @@ def _card_data(model, model_id: str, metrics, license: str | None):  # noqa: A00
     )
 
 
+def _local_base_note(base: str) -> str:
+    """The card's sentence on a base model that was a local folder (empty for a Hub base)."""
+    if not base.startswith("local:"):
+        return ""
+    return (f"\n\nThe base model was the local folder `{base[len('local:'):]}`; it is named here "
+            "by its folder name only (no local path is published).")
+
+
 def build_model_card(model, *, model_id: str | None = None, metrics: Sequence[Any] | None = None,
                      license: str | None = None, bundle_trunk: bool = True):  # noqa: A002
     """The model card of a task model.
@@ -208,9 +216,7 @@ def build_model_card(model, *, model_id: str | None = None, metrics: Sequence[An
     model_id = model_id or "path/to/saved-model"
     data = _card_data(model, model_id, metrics, license)
     base = public_base_name(cfg.backbone.repo_id)
-    local = (f"\n\nThe base model was the local folder `{base[len('local:'):]}`; it is named here "
-             "by its folder name only (no local path is published)." if base.startswith("local:")
-             else "")
+    local = _local_base_note(base)
     weights = ("the trunk (U-Net cut after the last tap, VAE encoder, prompt context) and the head; "
                "`backbone/` holds the base model's configs, so the folder works without the base "
                "repo" if bundle_trunk else
