@@ -45,6 +45,7 @@ __all__ = [
     "ModelSource",
     "SourceKind",
     "fetch_files",
+    "glob_escape",
     "is_hub_repo_id",
     "list_source_aliases",
     "public_base_name",
