@@ -14,12 +14,24 @@ def list_taps(model: str | os.PathLike | nn.Module, *, include_kinds: bool = Fal
               revision: str | None = None, **hub_kwargs: Any) -> list[str]:
     """Every valid tap name of a diffusers model.
 
+    Reads the network's ``config.json`` only: from the Hub, configs are downloaded, never
+    weights; the network is built on the meta device.
+
     Args:
         model: Hub repo id, local diffusers folder, a diffusers network, a ``DiffusionBackbone``
             or a task model (whose kept trunk is listed).
         include_kinds: Also list ``:in`` variants and ``:attn`` taps of attention modules.
         revision: Hub revision (repo ids only).
         **hub_kwargs: ``cache_dir``, ``local_files_only``, ``token``.
+
+    Returns:
+        The tap names, in module order.
+
+    Raises:
+        FileNotFoundError: No such folder or repo, or not a diffusers model.
+        ValueError: A folder or config that fails the checks of
+            ``diffperception.backbones.loading.check_diffusers_folder`` (files outside the
+            folder, configs that are not JSON objects, impossible sizes).
 
     Example:
         >>> list_taps("stabilityai/stable-diffusion-2-1")[:3]

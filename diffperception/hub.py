@@ -3,7 +3,7 @@
 This module is the one place that decides whether a model name is a local folder or a Hub repo id,
 the one wrapper around ``huggingface_hub.snapshot_download`` (its errors become
 ``FileNotFoundError`` / ``RuntimeError`` messages naming repo, revision and the fix) and the one
-finder of single or sharded safetensors weights. It sits at the bottom of the package next to
+fetcher of more files of a snapshot. It sits at the bottom of the package next to
 ``config``: it imports nothing else of diffperception, and ``huggingface_hub`` only when called.
 
 A name is resolved by one rule (:func:`source_kind`):
@@ -17,6 +17,11 @@ A name is resolved by one rule (:func:`source_kind`):
 
 Anything else is an error that says what the name would have to look like.
 
+A Hub snapshot may first be downloaded in part (configs only): :func:`fetch_files` downloads
+more of it later, at the same commit, so only the weight files that are read are downloaded
+(``diffperception.backbones.model_files.find_weight_files``). :func:`public_base_name` is the one rule for
+naming a base model without publishing a local path.
+
 Example:
     >>> from diffperception.hub import resolve_folder
     >>> source = resolve_folder("stabilityai/stable-diffusion-2-1", allow_patterns=["unet/*"])
@@ -26,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -40,9 +44,11 @@ __all__ = [
     "HubKwargs",
     "ModelSource",
     "SourceKind",
-    "find_weight_files",
+    "fetch_files",
+    "glob_escape",
     "is_hub_repo_id",
     "list_source_aliases",
+    "public_base_name",
     "register_source_alias",
     "resolve_folder",
     "resolve_source_alias",
@@ -240,13 +246,17 @@ def resolve_folder(
     name: str | os.PathLike,
     *,
     allow_patterns: Sequence[str] | None = None,
+    hub_only: bool = False,
     **hub_kwargs: Unpack[HubKwargs],
 ) -> ModelSource:
     """The local folder of a model name: an alias's folder, a folder as is, or a Hub snapshot.
 
     Args:
         name: Source alias, local folder or Hub repo id (the rule of :func:`source_kind`).
-        allow_patterns: Files of a Hub repo to download (all when None).
+        allow_patterns: Files of a Hub repo to download (all when None); others are fetched
+            later by :func:`fetch_files` / :func:`find_weight_files`.
+        hub_only: ``name`` must be a Hub repo id, never a folder, path or alias (a name read
+            from a downloaded file: what a repository names must come from the Hub).
         **hub_kwargs: ``revision`` (recorded as is for a folder, ignored for an alias),
             ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` (:class:`HubKwargs`).
 
@@ -255,7 +265,7 @@ def resolve_folder(
 
     Raises:
         FileNotFoundError: See :func:`source_kind` and :func:`snapshot`.
-        ValueError: See :func:`source_kind`.
+        ValueError: See :func:`source_kind`; with ``hub_only``, a name that is no Hub repo id.
         TypeError: An unknown keyword.
         RuntimeError: See :func:`snapshot`.
     """
@@ -263,7 +273,10 @@ def resolve_folder(
     if unknown:
         raise TypeError(f"Unknown Hub keyword(s) {unknown}; allowed: "
                         f"{sorted(HubKwargs.__annotations__)}.")
-    kind = source_kind(name)
+    if hub_only:
+        kind = _hub_only_kind(name)
+    else:
+        kind = source_kind(name)
     if kind == "alias":
         return ModelSource(folder=resolve_source_alias(str(name)), repo_id=str(name), revision=None)
     if kind == "folder":
@@ -271,6 +284,27 @@ def resolve_folder(
                            revision=hub_kwargs.get("revision"))
     folder = snapshot(str(name), allow_patterns=allow_patterns, **hub_kwargs)
     return ModelSource(folder=folder, repo_id=str(name), revision=folder.name)
+
+
+def _hub_only_kind(name: str | os.PathLike) -> SourceKind:
+    """``"repo"`` for a valid Hub repo id; a ValueError for a path, folder or alias."""
+    text = name if isinstance(name, str) else None
+    if text is None or _written_as_path(text) or _ALIAS_RE.fullmatch(text) or not _valid_id(text):
+        raise ValueError(
+            f"{name!r} is not a Hub repo id: a model downloaded from the Hub may name only a Hub "
+            "repository ('namespace/name') as its base, never a local folder, path or alias. "
+            "Ask its author to push it with bundle_trunk=True, or load a local copy.")
+    return "repo"
+
+
+def _valid_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def snapshot(
@@ -309,7 +343,62 @@ def snapshot(
             allow_patterns=list(allow_patterns) if allow_patterns is not None else None)
     except (HfHubHTTPError, LocalEntryNotFoundError) as err:
         raise _translate_hub_error(err, repo_id, revision, cache_dir) from err
+    _SNAPSHOTS[os.path.abspath(folder)] = dict(
+        repo_id=repo_id, revision=Path(folder).name, cache_dir=cache_dir,
+        local_files_only=local_files_only, token=token, force_download=force_download)
     return Path(folder)
+
+
+# Snapshot folder -> how to download more of its files (the commit is pinned by the folder name).
+_SNAPSHOTS: dict[str, dict] = {}
+
+
+def fetch_files(folder: str | os.PathLike, names: Sequence[str]) -> None:
+    """Downloads the named files of a Hub snapshot folder, if missing (nothing for local folders).
+
+    Args:
+        folder: A folder returned by :func:`snapshot`, or one inside it (``.../unet``).
+        names: File names relative to ``folder``; names the repo does not have are skipped.
+
+    Raises:
+        FileNotFoundError / RuntimeError: As for :func:`snapshot` (offline and not cached, ...).
+    """
+    here = os.path.abspath(folder)
+    for root, remote in _SNAPSHOTS.items():
+        if here == root or here.startswith(root + os.sep):
+            rel = Path(os.path.relpath(here, root)).as_posix()
+            wanted = [n if rel == "." else f"{rel}/{n}" for n in names]
+            missing = [w for w in wanted if not (Path(root) / w).is_file()]
+            if missing:
+                snapshot(remote["repo_id"], revision=remote["revision"], cache_dir=remote["cache_dir"],
+                         local_files_only=remote["local_files_only"], token=remote["token"],
+                         force_download=remote["force_download"],
+                         allow_patterns=[glob_escape(m) for m in missing])
+            return
+
+
+def glob_escape(name: str) -> str:
+    """``name`` as an fnmatch pattern matching only itself."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def public_base_name(repo_id: str) -> str:
+    """The base model's name as it may be published: no local path.
+
+    A Hub repo id or a source alias is kept; a local folder becomes ``"local:<folder name>"``
+    (never a Hub repo id, never a path), so a pushed config, card or export names no local path.
+
+    Example:
+        >>> public_base_name("/home/me/models/sd21")
+        'local:sd21'
+    """
+    if repo_id.startswith("local:") or repo_id in _ALIASES or (
+            isinstance(repo_id, str) and not _written_as_path(repo_id)
+            and not Path(repo_id).expanduser().exists() and _valid_id(repo_id)):
+        return repo_id
+    if _ALIAS_RE.fullmatch(repo_id) and not _written_as_path(repo_id):
+        return repo_id  # an alias registered elsewhere: a name, not a path
+    return "local:" + (Path(repo_id).expanduser().resolve().name or "model")
 
 
 def _translate_hub_error(err: Exception, repo_id: str, revision: str | None,
@@ -353,69 +442,3 @@ def _translate_hub_error(err: Exception, repo_id: str, revision: str | None,
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
     return RuntimeError(f"The Hub refused to send {repo_id!r} at revision {rev!r}: {message}. Check "
                         f"the token ({login}), or retry later.")
-
-
-# ----------------------------------------------------------------------------- weight files
-
-def find_weight_files(folder: str | os.PathLike, stem: str, *, variant: str | None = None,
-                      hint: str | None = None) -> list[Path]:
-    """The safetensors files of one model: a single file, or every shard an index names.
-
-    Looks for ``{stem}[.{variant}].safetensors``, then for a shard index: diffusers' and
-    transformers' ``{stem}.safetensors.index[.{variant}].json`` or
-    ``{stem}.{variant}.safetensors.index.json``. Shards must sit next to their index.
-
-    Args:
-        folder: The folder (a diffusers component such as ``unet/``, or a saved task model).
-        stem: ``"diffusion_pytorch_model"`` (diffusers components) or ``"model"`` (task models).
-        variant: A weight variant such as ``"fp16"``; no fall-back to the plain files.
-        hint: How to get safetensors weights, appended to the "not found" message.
-
-    Returns:
-        The files to read, shards sorted by name.
-
-    Raises:
-        FileNotFoundError: No such weights (the message lists what the folder holds), or an index
-            naming a shard that is missing.
-        RuntimeError: An index that is not valid JSON or names files outside the folder.
-
-    Example:
-        >>> find_weight_files("sd21/unet", "diffusion_pytorch_model", variant="fp16")
-        [PosixPath('sd21/unet/diffusion_pytorch_model.fp16.safetensors')]
-    """
-    folder = Path(folder)
-    single = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
-    indexes = ([f"{stem}.safetensors.index.{variant}.json", f"{single}.index.json"] if variant
-               else [f"{single}.index.json"])
-    if (folder / single).is_file():
-        return [folder / single]
-    for index in indexes:
-        if (folder / index).is_file():
-            return _shards(folder / index)
-    found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "nothing (no folder)"
-    plain = f" It has {stem}.safetensors: pass variant=None." if (
-        variant and (folder / f"{stem}.safetensors").is_file()) else ""
-    fix = hint or ("convert .bin weights with diffusers' save_pretrained(..., "
-                   "safe_serialization=True).")
-    raise FileNotFoundError(
-        f"No weights {single} (or a sharded {indexes[0]}) in {folder}; found {found}.{plain} "
-        f"diffperception loads safetensors only: {fix}")
-
-
-def _shards(index: Path) -> list[Path]:
-    """The shard files a ``*.index.json`` names, checked to exist next to it."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise RuntimeError(f"{index} is not a valid shard index (a JSON object with a "
-                           f"'weight_map'): {err!r}. Download or save the weights again.") from err
-    outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s]
-    if outside:
-        raise RuntimeError(f"{index} names shard(s) {outside} outside its folder; only file names "
-                           "next to the index are read.")
-    missing = [s for s in shards if not (index.parent / s).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{index} names shard(s) {missing} that are not in {index.parent}; "
-                                "download or save the weights again.")
-    return [index.parent / s for s in shards]

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from diffperception import hub
 from diffperception.backbones.loading import read_tensors, resolve_source
+from diffperception.backbones.model_files import find_weight_files
 from diffperception.hub import (
-    find_weight_files,
     is_hub_repo_id,
     list_source_aliases,
     register_source_alias,
@@ -29,7 +29,7 @@ from diffperception.hub import (
     snapshot,
     source_kind,
 )
-from diffperception.modeling.hub_io import STALE_FILES, TASK_MODEL_FILES, create_model_repo, upload_model_folder
+from diffperception.modeling.hub_io import create_model_repo, is_written_file, upload_model_folder
 
 ALICE, BOB = "hf_alice_token", "hf_bob_token"
 
@@ -266,8 +266,8 @@ def test_missing_weights_list_the_folder_and_the_fix(tmp_path):
     ({"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
      FileNotFoundError, r"names shard\(s\) \['model-00002-of-00002.safetensors'\] that are not in"),
     ({"a": "model-00001-of-00002.safetensors", "b": "../elsewhere.safetensors"},
-     RuntimeError, "outside its folder"),
-    (None, RuntimeError, "not a valid shard index"),
+     ValueError, "not file names next to it"),
+    (None, ValueError, "is not valid JSON"),
 ])
 def test_broken_shard_index(tmp_path, weight_map, error, match):
     save_file(_tensors(0), str(tmp_path / "model-00001-of-00002.safetensors"))
@@ -330,7 +330,9 @@ def test_importing_the_package_registers_the_default_model_alias():
 
 def _task_folder(root: Path, shards: int) -> Path:
     root.mkdir(parents=True)
-    (root / "config.json").write_text("{}")
+    (root / "config.json").write_text(json.dumps({
+        "architecture": "DiffusionPerceptionForFeatureExtraction",
+        "backbone": {"family": "sd", "repo_id": "org/base"}, "features": {"taps": ["mid_block"]}}))
     (root / "README.md").write_text("card\n")
     (root / "notes.txt").write_text("not a task model file\n")
     if shards == 1:
@@ -358,7 +360,7 @@ def test_push_uploads_task_files_and_drops_stale_ones_in_one_commit(local_hub, t
         "config.json", "README.md", "model.safetensors"}
     assert len(HfApi(token=ALICE).list_repo_commits(repo)) == commits + 1
     assert local_hub.branch_head(repo) == info.oid
-    assert "notes.txt" not in TASK_MODEL_FILES and "model.safetensors" not in STALE_FILES
+    assert not is_written_file("notes.txt") and is_written_file("model.safetensors")
 
 
 def test_push_refused_names_repo_and_token(local_hub, tmp_path):

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -33,6 +32,8 @@ __all__ = [
     "family_for_folder",
     "network_classes",
     "list_components",
+    "check_network_fields",
+    "SIZE_FIELDS",
 ]
 
 FAMILIES: Registry[type["BackboneFamily"]] = Registry("backbone family", "config['backbone']['family']")
@@ -57,15 +58,30 @@ class BackboneFamily:
 
     @classmethod
     def read_config(cls, folder: Path) -> dict[str, Any]:
-        """The network's ``config.json`` of a diffusers folder.
+        """The network's ``config.json`` of a diffusers folder, checked before anything is built.
+
+        Keys the file leaves out take the defaults of the diffusers class's ``__init__`` (as
+        diffusers' ``from_config`` does), so what the family reads is what diffusers builds.
 
         Raises:
             FileNotFoundError: The folder has no ``<component>/config.json``.
+            ValueError: Not a JSON object (a string would make diffusers fetch a config from the
+                Hub), a class this family does not run, or an impossible size
+                (``check_network_fields``).
         """
+        from .model_files import read_json_object
+
         path = Path(folder) / cls.component / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the folder is not a diffusers model.")
-        return json.loads(path.read_text())
+        config = read_json_object(path, fix="repair or re-download the model's files")
+        name = config.get("_class_name", cls.network_classes[0])
+        if name not in cls.network_classes:
+            raise ValueError(f"{path}: _class_name = {name!r} is invalid: the {cls.name!r} family "
+                             f"runs {list(cls.network_classes)}.")
+        config = {**_init_defaults(name), **config}
+        check_network_fields(config, path)
+        return config
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
@@ -216,6 +232,74 @@ class BackboneFamily:
         return None
 
 
+#: Size fields of diffusers network / VAE configs -> the largest value accepted. Each is an integer
+#: >= 1 (or a list of them; None where diffusers allows it). The bounds are far above any released
+#: model and keep a hostile config from asking for gigabytes.
+SIZE_FIELDS: dict[str, int] = {
+    "in_channels": 1024, "out_channels": 1024, "latent_channels": 1024,
+    "block_out_channels": 2**14, "norm_num_groups": 2**14, "layers_per_block": 64,
+    "sample_size": 4096, "cross_attention_dim": 2**14, "attention_head_dim": 2**14,
+    "num_attention_heads": 1024, "transformer_layers_per_block": 64,
+    "addition_time_embed_dim": 2**14, "projection_class_embeddings_input_dim": 2**16,
+    "time_embedding_dim": 2**16, "encoder_hid_dim": 2**14, "conv_in_kernel": 31,
+    "conv_out_kernel": 31,
+}
+_MAX_BLOCKS = 16
+
+
+def _init_defaults(class_name: str) -> dict[str, Any]:
+    """The keyword defaults of a diffusers class's ``__init__`` (what ``from_config`` fills in)."""
+    import inspect
+
+    import diffusers
+
+    params = inspect.signature(getattr(diffusers, class_name).__init__).parameters.values()
+    return {p.name: p.default for p in params
+            if p.default is not inspect.Parameter.empty and p.name != "self"}
+
+
+def check_network_fields(config: dict[str, Any], path: Path | str) -> None:
+    """Rejects impossible sizes in a network or VAE config before anything is built.
+
+    Args:
+        config: The config (``unet/config.json``, ``vae/config.json``, ...).
+        path: The file, for the message.
+
+    Raises:
+        ValueError: A size that is not a positive integer (or list of them) within
+            ``SIZE_FIELDS``; block lists of different lengths; ``norm_num_groups`` not dividing
+            every ``block_out_channels`` (GroupNorm needs it). The message names file, key,
+            value and what is allowed.
+    """
+    fix = "repair the file, or re-download the model"
+    for key, limit in SIZE_FIELDS.items():
+        value = config.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        ok = value is None or (0 < len(values) <= _MAX_BLOCKS and all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limit)
+            for v in values))
+        if isinstance(value, (list, tuple)) and any(v is None for v in values):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}: {key} = {value!r} is invalid: an integer from 1 to {limit} "
+                             f"(or a list of at most {_MAX_BLOCKS} of them); {fix}.")
+    channels = config.get("block_out_channels")
+    for key in ("down_block_types", "up_block_types"):
+        blocks = config.get(key)
+        if blocks is not None and (not isinstance(blocks, (list, tuple)) or not all(
+                isinstance(b, str) for b in blocks) or (isinstance(channels, (list, tuple))
+                                                        and len(blocks) != len(channels))):
+            raise ValueError(f"{path}: {key} = {blocks!r} is invalid: a list of block class names, "
+                             f"one per block_out_channels entry ({channels!r}); {fix}.")
+    groups = config.get("norm_num_groups")
+    if isinstance(groups, int) and isinstance(channels, (list, tuple)):
+        odd = [c for c in channels if c % groups]
+        if odd:
+            raise ValueError(f"{path}: norm_num_groups = {groups} does not divide "
+                             f"block_out_channels {list(channels)} (GroupNorm splits each "
+                             f"channel count into norm_num_groups groups); {fix}.")
+
+
 def register_family(name: str) -> Callable[[type[BackboneFamily]], type[BackboneFamily]]:
     """Class decorator registering a backbone family under ``name``.
 
@@ -261,7 +345,9 @@ def family_for_folder(folder: Path) -> type[BackboneFamily]:
     for component in components:
         path = folder / component / "config.json"
         if path.is_file():
-            name = json.loads(path.read_text()).get("_class_name", "UNet2DConditionModel")
+            from .model_files import read_json_object
+
+            name = read_json_object(path).get("_class_name", "UNet2DConditionModel")
             classes = network_classes()
             if name not in classes:
                 raise ValueError(f"{folder / component} holds a {name}; diffperception runs "

@@ -10,7 +10,6 @@ prediction types other than diffusers' ``epsilon``, ``v_prediction`` and ``sampl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,21 +54,18 @@ def load_schedule(folder: Path) -> NoiseSchedule:
 
     Raises:
         FileNotFoundError: The file is missing.
-        ValueError: Not a JSON object, a scheduler class whose noise process is not DDPM's, an
+        ValueError: Not a JSON object (or not JSON, or too large), a scheduler class whose noise process is not DDPM's, an
             unknown prediction type or beta schedule, or an unreasonable number of timesteps.
     """
     from diffusers import DDPMScheduler
+
+    from .model_files import read_json_object
 
     path = Path(folder) / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; the noise schedule is needed to noise the "
                                 "latent.")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}).") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}.")
+    config = read_json_object(path, fix="repair or re-download the model's files")
     name = config.get("_class_name", "DDPMScheduler")
     if name not in DDPM_SCHEDULERS:
         raise ValueError(

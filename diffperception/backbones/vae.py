@@ -14,7 +14,6 @@ Only the encoder half is built and read; the decoder never is.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +99,23 @@ def vae_encoder_from(vae: nn.Module, config: dict[str, Any]) -> VaeEncoder:
 
 
 def _config(folder: Path) -> dict[str, Any]:
+    """``vae/config.json``, checked before the encoder is built.
+
+    Raises:
+        ValueError: Not a JSON object (a string would make diffusers fetch a config from the Hub
+            by that name), an impossible size, or a scaling / shift factor that is no number.
+    """
+    from .base import check_network_fields
+    from .model_files import read_json_object
+
     path = Path(folder) / "vae" / "config.json"
-    config = json.loads(path.read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}.")
+    config = read_json_object(path, fix="repair or re-download the model's files")
+    check_network_fields(config, path)
+    for key in ("scaling_factor", "shift_factor"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{path}: {key} = {value!r} is invalid: a number; repair the file, or "
+                             "re-download the model.")
     return config
 
 
@@ -112,11 +124,10 @@ def load_vae_encoder(folder: Path, dtype: torch.dtype, variant: str | None = Non
     ``vae_dtype(config, dtype)``."""
     from diffusers import AutoencoderKL
 
-    from ..hub import find_weight_files
-    from .loading import load_pruned
+    from .loading import find_component_weights, load_pruned
 
     config = _config(folder)
-    files = find_weight_files(Path(folder) / "vae", "diffusion_pytorch_model", variant=variant)
+    files = find_component_weights(Path(folder) / "vae", variant)
     return load_pruned(lambda: vae_encoder_from(AutoencoderKL.from_config(config), config),
                        lambda m: None, files, vae_dtype(config, dtype))
 

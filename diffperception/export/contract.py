@@ -40,6 +40,7 @@ from ..deploy.contract import (
     metadata_key,
     parse_contract,
 )
+from ..hub import public_base_name
 from .options import normalize_batch
 
 __all__ = ["build_contract", "build_metadata", "input_name", "input_sample_shape", "sanitize_output_names"]
@@ -165,7 +166,8 @@ def _source_entries(config: Mapping[str, Any], special: nn.Module, precision: st
         "noise": json.dumps(noise),
         "prompt": json.dumps(features.get("prompt", {})),
         "architecture": str(config.get("architecture", type(special).__name__)),
-        "source_repo": str(backbone.get("repo_id") or "unknown"),
+        # a local folder is named by its name only: an export publishes no local path
+        "source_repo": public_base_name(str(backbone.get("repo_id") or "unknown")),
         "source_revision": str(backbone.get("revision") or "unknown"),
         "version": __version__,
         "precision": precision,

@@ -4,6 +4,12 @@ The files of a saved model (``config.json``, ``model.safetensors``, ``backbone/`
 and the helpers that find, read and push them live in ``diffperception.modeling.hub_io``. State-dict keys read ``backbone.<component>.*``,
 ``backbone.vae.*``, ``backbone.prompt.*`` and ``head.*``.
 
+A save is all-or-nothing: it is written into a temporary folder next to the target and then
+moved into place (``hub_io.commit_saved_files``); only files a save writes are replaced, a
+user's ``README.md`` and other files are kept. What is published (a push, an export's metadata,
+the model card) names a base model built from a local folder by the folder's name only
+(``"local:<name>"``), never by its path; a local save's ``config.json`` keeps the path as given.
+
 ``save_pretrained(..., bundle_trunk=False)`` leaves the trunk and ``backbone/`` out:
 ``model.safetensors`` then holds only what is not in the base model (head, learned prompt, text
 context) and loading reads the trunk from the base repo at the pinned revision.
@@ -15,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar, Sequence, TypeVar
@@ -22,18 +29,21 @@ from typing import Any, ClassVar, Sequence, TypeVar
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..backbones.loading import ModelSource, read_tensors, resolve_source
+from ..backbones.loading import ModelSource, check_diffusers_folder, read_tensors, resolve_source
 from ..config import CONFIG_FORMAT_VERSION, HeadConfig, TaskConfig
-from ..hub import is_hub_repo_id
+from ..hub import is_hub_repo_id, public_base_name, source_kind
 from .hub_io import (
     BACKBONE_DIR,
     CARD_NAME,
     CONFIG_NAME,
     backbone_config_files,
+    check_shard_size,
     check_state_dict,
+    check_unbundled_base,
+    commit_saved_files,
     create_model_repo,
     format_keys,
-    read_config,
+    read_task_config,
     resolve_model_folder,
     saved_weight_files,
     upload_model_folder,
@@ -179,20 +189,28 @@ class DiffusionPerceptionModel(
             ValueError: Noise or prompt kinds that are not constants, or a bad size.
         """
         special = self.backbone.specialize(size, latent_input=latent_input,
-                                           source_config=self.saved_config())
+                                           source_config=self.saved_config(publish=True))
         if self.head.output_key == "features":
             return special
         return SpecializedTaskModel(special, copy.deepcopy(self.head)).eval()
 
     # ------------------------------------------------------------------------------- config
 
-    def saved_config(self) -> dict[str, Any]:
-        """The ``config.json`` dict: the config with the resolved base revision and versions."""
+    def saved_config(self, *, publish: bool = False) -> dict[str, Any]:
+        """The ``config.json`` dict: the config with the resolved base revision and versions.
+
+        Args:
+            publish: Name a base model that is a local folder ``"local:<folder name>"``
+                (``diffperception.hub.public_base_name``), as a push and an export do, so no local
+                path is published; a local save keeps the path as given.
+        """
         from .. import __version__
 
         data = self.config.to_dict()
         if self.source.revision is not None:
             data["backbone"]["revision"] = self.source.revision
+        if publish:
+            data["backbone"]["repo_id"] = public_base_name(data["backbone"]["repo_id"])
         data["architecture"] = registered_name(type(self))
         data["diffperception_version"] = __version__
         data["config_format"] = CONFIG_FORMAT_VERSION
@@ -218,47 +236,87 @@ class DiffusionPerceptionModel(
     ) -> str | None:
         """Saves ``config.json``, ``model.safetensors`` (+ ``backbone/``) and ``README.md``.
 
+        All or nothing: written into a temporary folder next to ``save_directory``, then moved
+        into place, so a failure leaves an earlier save untouched. Only files a save writes are
+        replaced or removed; other files, and a ``README.md`` that is not a generated card, stay.
+
         Args:
-            save_directory: Folder to write (created if needed; files of an earlier save are
-                replaced).
+            save_directory: Folder to write (created if needed).
             bundle_trunk: Save the trunk's weights and configs (the folder works without the
                 base repo); False saves only the head and reloads the trunk from the base repo
                 at the pinned revision.
-            max_shard_size: Shard the weights above this size (huggingface_hub's helpers).
+            max_shard_size: Shard the weights above this size (an int of bytes, or "5GB").
             metrics: Evaluation results for the card's ``model-index``: ``EvalResult``s or dicts
                 of its fields (``task_type``, ``dataset_type``, ``dataset_name``,
                 ``metric_type``, ``metric_value``, ...).
             license: License of the card; default: the base model's, when known.
-            model_id: The name the card's usage snippet loads (default: ``save_directory``).
+            model_id: The name the card's usage snippet loads (default: ``save_directory``; a
+                push names the repository instead).
             push_to_hub: Also push (``repo_id``, default the folder name) with
                 ``push_to_hub_kwargs``.
 
         Returns:
             The commit URL when pushed, else None.
 
+        Raises:
+            ValueError: An invalid ``max_shard_size``; ``bundle_trunk=False`` with a base whose
+                folder is not recorded; a linked folder in ``save_directory`` leading outside.
+            RuntimeError: Tensors without values (meta device).
+            OSError: Writing failed (e.g. a full disk); the earlier save is untouched.
+
         Example:
             >>> model.save_pretrained("out/")            # config.json, model.safetensors, README.md
             >>> AutoDiffusionPerception.from_pretrained("out/")
         """
         save_directory = Path(save_directory)
-        save_directory.mkdir(parents=True, exist_ok=True)
-        self._save_pretrained(save_directory, bundle_trunk=bundle_trunk,
-                              max_shard_size=max_shard_size)
-        card = self.generate_model_card(model_id=model_id or str(save_directory), metrics=metrics,
-                                        license=license, bundle_trunk=bundle_trunk)
-        card.save(save_directory / CARD_NAME)
+        save_directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{save_directory.name}.saving-",
+                                        dir=save_directory.parent))
+        try:
+            self._write_staged(staging, save_directory, bundle_trunk=bundle_trunk,
+                               max_shard_size=max_shard_size, metrics=metrics, license=license,
+                               model_id=model_id)
+            commit_saved_files(staging, save_directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         if push_to_hub:
             return self.push_to_hub(repo_id or save_directory.name, bundle_trunk=bundle_trunk,
                                     max_shard_size=max_shard_size, metrics=metrics,
                                     license=license, **push_to_hub_kwargs)
         return None
 
+    def _write_staged(self, staging: Path, save_directory: Path, *, bundle_trunk: bool,
+                      max_shard_size: int | str, metrics: Sequence[Any] | None,
+                      license: str | None, model_id: str | None) -> None:  # noqa: A002
+        """Writes the whole save into ``staging``; a failed write names the target's fate."""
+        from safetensors import SafetensorError
+
+        try:
+            self._save_pretrained(staging, bundle_trunk=bundle_trunk,
+                                  max_shard_size=max_shard_size)
+            card = self.generate_model_card(model_id=model_id or str(save_directory),
+                                            metrics=metrics, license=license,
+                                            bundle_trunk=bundle_trunk)
+            card.save(staging / CARD_NAME)
+        except (OSError, SafetensorError) as err:
+            raise OSError(f"Saving {save_directory} failed while writing ({err}); nothing in it "
+                          "was changed, an earlier save in it is intact. Free disk space (or "
+                          "fix the error) and save again.") from err
+
     def _save_pretrained(self, save_directory: Path, *, bundle_trunk: bool = True,
                          max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
-        """Writes the config, the weights (sharded above ``max_shard_size``) and ``backbone/``."""
+        """Writes the config, the weights (sharded above ``max_shard_size``) and ``backbone/``.
+
+        ``save_directory`` is written as is (``save_pretrained`` passes an empty temporary
+        folder).
+        """
         from huggingface_hub import save_torch_state_dict
 
-        # Read before writing: the model may have been loaded from this very folder.
+        check_shard_size(max_shard_size)
+        config = self.saved_config()
+        if not bundle_trunk:
+            self._check_unbundled_base()
+        # Read before writing: the model may have been loaded from the target folder.
         configs = backbone_config_files(self.source.folder, self._keeps_text_encoders(),
                                         self.backbone.family.component) \
             if bundle_trunk else {}
@@ -269,17 +327,25 @@ class DiffusionPerceptionModel(
         if meta:
             raise RuntimeError(f"Tensors {format_keys(meta)} have no values (meta device): load the "
                                "weights before saving.")
-        (save_directory / CONFIG_NAME).write_text(json.dumps(self.saved_config(), indent=2) + "\n")
         save_torch_state_dict(
             {k: v.detach() for k, v in state.items()}, save_directory,
             filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size,
             metadata={"diffperception_contents": "trunk+head" if bundle_trunk else "head"},
         )
         backbone = save_directory / BACKBONE_DIR
-        shutil.rmtree(backbone, ignore_errors=True)
         for name, data in configs.items():
             (backbone / name).parent.mkdir(parents=True, exist_ok=True)
             (backbone / name).write_bytes(data)
+        (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    def _check_unbundled_base(self) -> None:
+        """An unbundled save needs a base to reload the trunk from (not a ``local:`` name)."""
+        repo_id = self.config.backbone.repo_id
+        if repo_id.startswith("local:"):
+            raise ValueError(
+                f"bundle_trunk=False needs the base model to reload the trunk from, but this "
+                f"model's base {repo_id!r} was a local folder whose path is not recorded; save "
+                "with bundle_trunk=True.")
 
     def push_to_hub(
         self,
@@ -297,6 +363,11 @@ class DiffusionPerceptionModel(
         **_: Any,
     ) -> str:
         """Saves the model into a temporary folder and uploads it in one commit.
+
+        Only files a save writes are uploaded; of the repository's files, only those an earlier
+        push wrote that this one lacks (old shards, ``backbone/`` files) are deleted, and a
+        ``README.md`` that is not a generated card is kept (``hub_io.upload_model_folder``). A
+        base model that is a local folder is published as ``"local:<folder name>"``.
 
         Args:
             repo_id: ``"namespace/name"``; the repo is created if it does not exist.
@@ -384,11 +455,13 @@ class DiffusionPerceptionModel(
         folder = resolve_model_folder(pretrained_model_name_or_path, revision=revision,
                                       cache_dir=cache_dir, local_files_only=local_files_only,
                                       token=token, force_download=force_download)
-        config = read_config(folder)
-        target = cls._class_for(TaskConfig.from_dict(config).architecture, folder)
+        config, task_config = read_task_config(folder)
+        target = cls._class_for(task_config.architecture, folder)
+        from_hub = source_kind(pretrained_model_name_or_path) == "repo"
         return target._from_pretrained(model_id=str(folder), revision=revision, cache_dir=cache_dir,
                                        force_download=force_download, token=token,
-                                       local_files_only=local_files_only, config=config)
+                                       local_files_only=local_files_only, config=config,
+                                       from_hub=from_hub)
 
     @classmethod
     def _class_for(cls, architecture: str, folder: Path) -> type:
@@ -406,23 +479,33 @@ class DiffusionPerceptionModel(
     def _from_pretrained(cls: type[M], *, model_id: str, revision: str | None,
                          cache_dir: str | os.PathLike | None, force_download: bool,
                          local_files_only: bool, token: str | bool | None,
-                         config: dict[str, Any] | None = None, **_: Any) -> M:
-        """Builds the model from the resolved folder ``model_id`` and loads its weights strictly."""
+                         config: dict[str, Any] | None = None, from_hub: bool = False,
+                         **_: Any) -> M:
+        """Builds the model from the resolved folder ``model_id`` and loads its weights strictly.
+
+        A bundled ``backbone/`` is checked like any diffusers folder, inside ``model_id``. An
+        unbundled model downloaded from the Hub (``from_hub``) must name a Hub repo as its base:
+        a local path or alias read from a downloaded file is refused.
+        """
         folder = Path(model_id)
-        task_config = TaskConfig.from_dict(config if config is not None else read_config(folder))
+        task_config = (TaskConfig.from_dict(config) if config is not None
+                       else read_task_config(folder)[1])
         backbone = folder / BACKBONE_DIR
         from ..backbones import get_family
 
         component = get_family(task_config.backbone.family).component
         bundled = (backbone / component / "config.json").is_file()
         if bundled:
+            check_diffusers_folder(backbone, root=folder)
             source = ModelSource(folder=backbone, repo_id=task_config.backbone.repo_id,
                                  revision=task_config.backbone.revision)
             model = cls(task_config, source=source, load_weights=False)
         else:
+            check_unbundled_base(task_config.backbone.repo_id, folder)
             source = resolve_source(task_config.backbone.repo_id,
                                     revision=task_config.backbone.revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token)
+                                    local_files_only=local_files_only, token=token,
+                                    hub_only=from_hub)
             model = cls(task_config, source=source, load_weights=True)
         model.load_saved_weights(saved_weight_files(folder), include_trunk=bundled,
                                  config_format=task_config.config_format)

@@ -1,7 +1,9 @@
 """``diffperception push FOLDER REPO_ID``: upload a saved task model folder in one commit.
 
-The folder is checked first (a valid ``config.json`` naming a registered task model, readable
-safetensors weights, the model card), so a broken folder never reaches the Hub. The upload is the
+The folder is checked first (a valid ``config.json`` naming a registered task model, a bundled
+trunk or a Hub base, readable safetensors weights, the model card, no link leading outside the
+folder), so a broken folder never reaches the Hub and no local path or outside file is published.
+Only the files a save writes are uploaded; the card's usage snippet names the repository. The upload is the
 one ``push_to_hub`` makes (``diffperception.modeling.hub_io.upload_model_folder``).
 
 Example:
@@ -37,12 +39,14 @@ def check_saved_folder(folder: Path) -> list[Path]:
 
     Raises:
         FileNotFoundError: Missing folder, config, weights or model card.
-        ValueError: Invalid config or unregistered architecture.
+        ValueError: Invalid config or unregistered architecture; an unbundled model whose base
+            is no Hub repo; a file that is a link leading outside the folder.
         RuntimeError: Unreadable (e.g. truncated) weights.
     """
     from ..backbones.loading import read_tensors
-    from ..config import TaskConfig
-    from .hub_io import CARD_NAME, CONFIG_NAME, read_config, saved_weight_files
+    from ..backbones.model_files import check_inside
+    from .hub_io import (CARD_NAME, CONFIG_NAME, published_config, read_task_config,
+                         saved_weight_files, written_files)
     from .registry import get_model_class
 
     folder = Path(folder)
@@ -50,7 +54,11 @@ def check_saved_folder(folder: Path) -> list[Path]:
         raise FileNotFoundError(f"{folder} is not a folder; save the model with save_pretrained.")
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: it is not a saved task model.")
-    get_model_class(TaskConfig.from_dict(read_config(folder)).architecture)
+    get_model_class(read_task_config(folder)[1].architecture)
+    published_config(folder)  # an unbundled save of a local base cannot be pushed
+    for name in written_files(folder) + [CARD_NAME]:
+        if (folder / name).exists() or (folder / name).is_symlink():
+            check_inside(folder / name, folder)
     files = saved_weight_files(folder)
     for file in files:  # reads every tensor: a truncated file fails here, not after the upload
         read_tensors([file], None)

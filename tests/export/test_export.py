@@ -101,7 +101,8 @@ def test_onnx_metadata_round_trips(onnx_static: ExportResult, sd1_model) -> None
     assert "diffperception.taps" not in stored
     assert json.loads(stored["diffperception.timesteps"]) == config.features.timesteps == [261]
     assert stored["diffperception.noise_seed"] == str(config.features.noise.seed)
-    assert stored["diffperception.source_repo"] == config.backbone.repo_id
+    # a local base is published by its folder name only, never its path
+    assert stored["diffperception.source_repo"] == "local:" + Path(config.backbone.repo_id).name
     assert stored["diffperception.source_revision"] == str(config.backbone.revision or "unknown")
     assert stored["diffperception.precision"] == "fp32"
     preprocess = json.loads(stored["diffperception.preprocess"])
