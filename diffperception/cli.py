@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("diffperception.export.cli", "export to TorchScript / torch.export / ONNX / TensorRT"),
     "bench": ("diffperception.benchmarks.cli", "latency / memory / FLOP benchmarks"),
     "push": ("diffperception.modeling.push", "push a saved task model folder to the Hugging Face Hub"),
+    "convert-adm": ("diffperception.convert_adm", "convert a guided-diffusion (ADM) checkpoint to a diffusers folder"),
 }
 
 

@@ -56,6 +56,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 MODULE_LAYERS = {
     "diffperception": "top", "diffperception.api": "top",
     "diffperception.cli": "cli", "diffperception.demo": "cli", "diffperception.extract": "cli",
+    "diffperception.convert_adm": "cli",
     "diffperception.config": "config", "diffperception.hub": "hub",
     # the Registry class: a leaf at the bottom, beside config
     "diffperception.registry": "config",
