@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("diffperception.export.cli", "export to TorchScript / torch.export / ONNX / TensorRT"),
     "bench": ("diffperception.benchmarks.cli", "latency / memory / FLOP benchmarks"),
     "push": ("diffperception.modeling.push", "push a saved task model folder to the Hugging Face Hub"),
+    "evaluate": ("diffperception.evaluation.cli", "top-1 / top-5 (and kNN) of a saved classifier on a split"),
+    "sweep": ("diffperception.evaluation.cli", "linear-probe accuracy per (tap, timestep): table and heatmap"),
 }
 
 
