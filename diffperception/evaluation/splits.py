@@ -23,8 +23,9 @@ def load_split(source: str | os.PathLike, split: str, *, limit: int | None = Non
         source: ``"digits"``, an image folder or a folder written by ``save_to_disk``
             (see ``diffperception.data.load_image_dataset``).
         split: ``"train"``, ``"test"``, ...
-        limit: Keep ``limit`` images drawn with ``seed`` (in their original order); None keeps
-            every image.
+        limit: Keep ``limit`` images drawn with ``seed``, class-balanced (classes take turns,
+            so every class is present when ``limit`` is at least the number of classes), in
+            their original order; None keeps every image.
         seed: Seed of the subset.
 
     Returns:
@@ -41,9 +42,21 @@ def load_split(source: str | os.PathLike, split: str, *, limit: int | None = Non
         raise ValueError(f"limit = {limit!r} is invalid: a positive number of images, or None.")
     dataset = load_image_dataset(source, split)
     if limit is not None and limit < len(dataset):
-        keep = np.random.default_rng(seed).choice(len(dataset), limit, replace=False)
-        dataset = dataset.select(np.sort(keep).tolist())
+        dataset = dataset.select(_balanced_subset(split_labels(dataset), limit, seed).tolist())
     return dataset
+
+
+def _balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """``limit`` sorted indices: a seeded shuffle in which the classes take turns."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    turn = np.empty(len(labels), dtype=np.int64)  # rank of each image within its class
+    for label in np.unique(labels):
+        members = order[labels[order] == label]
+        turn[members] = np.arange(len(members))
+    position = np.empty(len(labels), dtype=np.int64)
+    position[order] = np.arange(len(labels))
+    chosen = np.lexsort((position, turn))[:limit]  # by turn, then by shuffled position
+    return np.sort(chosen)
 
 
 def split_labels(dataset: Any) -> np.ndarray:
