@@ -84,11 +84,12 @@ def save_accuracy_heatmap(accuracy: np.ndarray, taps: Sequence[str], timesteps: 
     if accuracy.shape != (len(taps), len(timesteps)):
         raise ValueError(f"accuracy must be ({len(taps)}, {len(timesteps)}) for the taps and "
                          f"timesteps, got {accuracy.shape}.")
-    plt, (fig, ax) = _figure(1.6 + 1.0 * len(timesteps), 1.4 + 0.6 * len(taps))
+    plt, (fig, ax) = _figure(max(6.0, 2.4 + 1.0 * len(timesteps)), 1.6 + 0.6 * len(taps))
     image = ax.imshow(100 * accuracy, cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
     ax.set(xticks=range(len(timesteps)), yticks=range(len(taps)), xlabel="timestep t",
-           ylabel="tap", title=title)
+           ylabel="tap")
+    ax.set_title(title, fontsize=9)
     ax.set_xticklabels([str(t) for t in timesteps])
     ax.set_yticklabels(list(taps))
     best = np.unravel_index(np.argmax(accuracy), accuracy.shape)

@@ -279,8 +279,9 @@ def write_sweep(result: SweepResult, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tap, t, acc = result.best()
-    title = (f"{Path(result.model).name}: probe accuracy, {result.num_train} train / "
-             f"{result.num_test} test, pool {result.pool}; best {tap} t={t} {100 * acc:.1f}%")
+    title = (f"{result.model}: linear-probe test accuracy (%)\n{result.num_train} train / "
+             f"{result.num_test} test images, pool {result.pool}; best {tap} at t={t}: "
+             f"{100 * acc:.1f}%")
     heatmap = save_accuracy_heatmap(result.accuracy, result.taps, result.timesteps,
                                     out / "sweep_heatmap.png", title=title)
     table = out / "sweep.md"
