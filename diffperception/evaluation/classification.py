@@ -101,19 +101,23 @@ def classifier_logits(model: Any, dataset: Any, *, batch_size: int = 32, progres
     return np.concatenate(logits), np.concatenate(labels)
 
 
+def _flatten(feats: dict[str, np.ndarray]) -> np.ndarray:
+    """``{tap: (N, T, D)}`` -> ``(N, sum of T * D)``, taps in order."""
+    return np.concatenate([f.reshape(len(f), -1) for f in feats.values()], axis=1)
+
+
 def _knn(model: Any, train: Any, test: Any, ks: Sequence[int], batch_size: int, progress: bool
          ) -> tuple[dict[int, dict[str, float]], dict[str, Any]]:
     """kNN on the backbone's pool-1 features (every tap and timestep, concatenated)."""
     kw = dict(pool=1, batch_size=batch_size, progress=progress)
     train_feats, train_y = pooled_features(model.backbone, train, desc="kNN: train split", **kw)
     test_feats, test_y = pooled_features(model.backbone, test, desc="kNN: test split", **kw)
-    flat = lambda feats: np.concatenate([f.reshape(len(f), -1) for f in feats.values()], 1)  # noqa: E731
     usable = [int(k) for k in ks if k <= len(train_y)]
     settings = {"pool": 1, "temperature": KNN_TEMPERATURE, "num_train": int(len(train_y)),
                 "weighting": "DINO: cosine similarity, weights exp(sim / T); not stated by S001",
                 "skipped_k": [int(k) for k in ks if k > len(train_y)]}
-    results = knn_accuracy(flat(train_feats), label_indices(model, train)[train_y],
-                           flat(test_feats), label_indices(model, test)[test_y], ks=usable)
+    results = knn_accuracy(_flatten(train_feats), label_indices(model, train)[train_y],
+                           _flatten(test_feats), label_indices(model, test)[test_y], ks=usable)
     return results, settings
 
 

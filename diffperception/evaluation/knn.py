@@ -35,7 +35,8 @@ KNN_TEMPERATURE = 0.07
 def _table(x: Any, name: str) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
     if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"{name} must be (N, ...) with N >= 1 samples, got shape {tuple(x.shape)}.")
+        raise ValueError(f"{name} must be (N, ...) with N >= 1 samples, got shape "
+                         f"{tuple(x.shape)}.")
     return x.reshape(len(x), -1)
 
 

@@ -26,9 +26,8 @@ def dataset_description(source: str | os.PathLike) -> tuple[str, str]:
     if str(source) == "digits":
         return "digits", "scikit-learn digits (32 px)"
     folder = Path(source).expanduser()
-    kind = "imagefolder" if not any(
-        (folder / name).is_file() for name in ("dataset_dict.json", "dataset_info.json")) else "local"
-    return kind, folder.resolve().name
+    saved = any((folder / name).is_file() for name in ("dataset_dict.json", "dataset_info.json"))
+    return ("local" if saved else "imagefolder"), folder.resolve().name
 
 
 def card_metrics(result: ClassifierEvaluation, source: str | os.PathLike, split: str

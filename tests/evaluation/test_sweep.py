@@ -74,7 +74,8 @@ def test_accuracies_are_linear_probes_on_single_cell_features(pixel_repo, splits
             expected = linear_probe(train_x[tap], train_y, test_x[tap], test_y)
             assert result.accuracy[a, b] == pytest.approx(expected, abs=1e-12), (tap, t)
     tap, t, acc = result.best()
-    assert acc == result.accuracy.max() and result.accuracy[TAPS.index(tap), TIMESTEPS.index(t)] == acc
+    assert acc == result.accuracy.max()
+    assert result.accuracy[TAPS.index(tap), TIMESTEPS.index(t)] == acc
     assert result.cache["train"]["status"] == result.cache["test"]["status"] == "written"
     assert "| mid_block |" in result.table() and "t=700" in result.table()
 
