@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("diffperception.benchmarks.cli", "latency / memory / FLOP benchmarks"),
     "push": ("diffperception.modeling.push", "push a saved task model folder to the Hugging Face Hub"),
     "convert-adm": ("diffperception.convert_adm", "convert a guided-diffusion (ADM) checkpoint to a diffusers folder"),
+    "evaluate": ("diffperception.evaluation.cli", "top-1 / top-5 (and kNN) of a saved classifier on a split"),
+    "sweep": ("diffperception.evaluation.cli", "linear-probe accuracy per (tap, timestep): table and heatmap"),
 }
 
 
