@@ -12,7 +12,7 @@ The result takes images only; it is what gets exported. It runs the same stage f
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -82,8 +82,8 @@ class SpecializedBackbone(nn.Module):
             return self.size
         return tuple(int(d) for d in self.noise.shape[-2:])
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{tap: (B, ...)}`` for images ``(B, 3, H, W)`` in [0, 1] at ``size`` (or latents).
+    def _noisy_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk input ``(T*E*B, C, h, w)`` of images ``(B, 3, H, W)`` (or latents).
 
         Raises:
             ValueError: Input of another height and width than the module was built for.
@@ -93,16 +93,54 @@ class SpecializedBackbone(nn.Module):
             raise ValueError(f"This specialized model takes {what} of {self.input_hw[0]}x"
                              f"{self.input_hw[1]}; got {tuple(images.shape)}. Resize them, or "
                              "specialize the task model at this size.")
-        batch = images.shape[0]
         if self.latent_input:
             latent = images  # (B, C, h, w)
         else:
             x = scale_range(images, self.value_range)  # (B, 3, H, W) in the model's range
             latent = self.vae(x, self.posterior_noise) if self.vae is not None else x
         z = add_noise(latent, self.noise, self.alphas)  # (T, E, B, C, h, w)
-        feats = self.trunk(z.reshape(-1, *latent.shape[1:]), None)  # (T*E*B, C, h, w) in
+        return z.reshape(-1, *latent.shape[1:])  # (T*E*B, C, h, w)
+
+    def _reduce(self, feats: dict[str, torch.Tensor], names: list[str], batch: int
+                ) -> dict[str, torch.Tensor]:
         return {name: reduce_draws(feats[name], self.num_timesteps, self.ensemble, batch)
-                for name in self.tap_names}
+                for name in names}
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{tap: (B, ...)}`` for images ``(B, 3, H, W)`` in [0, 1] at ``size`` (or latents).
+
+        Raises:
+            ValueError: Input of another height and width than the module was built for.
+        """
+        feats = self.trunk(self._noisy_input(images), None)
+        return self._reduce(feats, self.tap_names, images.shape[0])
+
+    def forward_two_pass(self, images: torch.Tensor,
+                         feedback: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+                         *, first_taps: Sequence[str], taps: Sequence[str] | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """``DiffusionBackbone.forward_two_pass`` with the constants of this module (DifFeed).
+
+        Pass 1 captures ``first_taps`` per trunk sample (detached: no gradient reaches it);
+        ``feedback`` maps them to ``{module path: tensor}`` injections; pass 2 runs on the same
+        noisy input with them and returns ``taps`` reduced as ``forward`` does.
+
+        Args:
+            images: As ``forward``.
+            feedback: First-pass features ``{tap: (T*E*B, ...)}`` -> injections.
+            first_taps: Taps of the first pass.
+            taps: Taps of the second pass (default: every tap not in ``first_taps``).
+
+        Raises:
+            ValueError: Input of another size, or taps the trunk was not built with.
+        """
+        if taps is None:
+            taps = [name for name in self.tap_names if name not in set(first_taps)]
+        z = self._noisy_input(images)  # (T*E*B, C, h, w)
+        # detached rather than under no_grad: the same graph traces for export
+        first = {k: v.detach() for k, v in self.trunk(z, None, taps=list(first_taps)).items()}
+        feats = self.trunk(z, None, taps=list(taps), injections=feedback(first))
+        return self._reduce(feats, list(taps), images.shape[0])
 
 
 def _check_specializable(backbone, size) -> tuple[int, int]:

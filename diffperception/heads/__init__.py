@@ -6,7 +6,7 @@ checks the arguments against the head's signature and builds it from the backbon
 
 Example:
     >>> list_heads()
-    ['identity', 'linear']
+    ['attention', 'diffeed', 'difformer', 'identity', 'linear']
     >>> head = build_head({"type": "linear", "pool": 2}, backbone.feature_info, num_labels=10)
 """
 
@@ -16,4 +16,4 @@ from .base import Head, HeadOutput, build_head, get_head_class, list_heads, regi
 
 __all__ = ["Head", "HeadOutput", "build_head", "get_head_class", "list_heads", "register_head"]
 
-from . import identity, linear  # noqa: E402,F401  (registration)
+from . import attention, diffeed, difformer, identity, linear  # noqa: E402,F401  (registration)

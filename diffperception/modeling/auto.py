@@ -98,6 +98,7 @@ class AutoDiffusionPerception:
         taps: Sequence[str] | None = None,
         timesteps: Sequence[int] | None = None,
         size: tuple[int, int] | None = None,
+        labels: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         token: str | bool | None = None,
@@ -106,8 +107,9 @@ class AutoDiffusionPerception:
 
         Args:
             name: Preset name; an unknown name is a ``ValueError`` suggesting close ones.
-            repo_id, revision, dtype, variant, taps, timesteps, size: Overrides (see
-                ``diffperception.modeling.presets.preset_config``).
+            repo_id, revision, dtype, variant, taps, timesteps, size, labels: Overrides (see
+                ``diffperception.modeling.presets.preset_config``); classification presets on
+                ADM-256 leave ``labels`` to the user.
             cache_dir, local_files_only, token: Used to fetch the base model.
 
         Example:
@@ -117,6 +119,7 @@ class AutoDiffusionPerception:
         from .presets import preset_config
 
         config = preset_config(name, repo_id=repo_id, revision=revision, dtype=dtype,
-                               variant=variant, taps=taps, timesteps=timesteps, size=size)
+                               variant=variant, taps=taps, timesteps=timesteps, size=size,
+                               labels=labels)
         return AutoDiffusionPerception.from_config(config, cache_dir=cache_dir,
                                                    local_files_only=local_files_only, token=token)

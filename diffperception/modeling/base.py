@@ -576,5 +576,15 @@ class SpecializedTaskModel(nn.Module):
         return self.backbone.noise
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{output_key: (B, ...)}``, e.g. ``{"logits": (B, num_labels)}``."""
-        return {self.output_key: getattr(self.head(self.backbone(images)), self.output_key)}
+        """``{output_key: (B, ...)}``, e.g. ``{"logits": (B, num_labels)}``.
+
+        A head with feedback (``two_pass``, DifFeed) gets the backbone's two passes, both in the
+        one graph an exporter traces.
+        """
+        if getattr(self.head, "two_pass", False):
+            feats = self.backbone.forward_two_pass(images, self.head.feedback,
+                                                   first_taps=self.head.first_taps,
+                                                   taps=self.head.taps)
+        else:
+            feats = self.backbone(images)
+        return {self.output_key: getattr(self.head(feats), self.output_key)}

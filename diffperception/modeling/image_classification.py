@@ -1,7 +1,9 @@
 """``DiffusionPerceptionForImageClassification``: images in, class logits out.
 
 The backbone with a classification head (``linear`` by default: the "GD" linear probe of the
-text-free diffusion-features paper, S001 §4.1); labels live in the config (``id2label``).
+text-free diffusion-features paper, S001 §4.1; ``attention``, ``difformer`` and ``diffeed`` are
+its other heads, S001 §3); labels live in the config (``id2label``). A head with feedback
+(``diffeed``) makes the forward run the trunk twice (``DiffusionBackbone.forward_two_pass``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
                              "unique.")
 
     def head_arguments(self) -> dict[str, Any]:
-        return {"num_labels": len(self.config.labels)}
+        """``num_labels`` (from the labels) and ``image_size``: the ``(H, W)`` the model runs at,
+        ``config.preprocess.size`` else the network's native size (the token heads size their
+        tokenizers from it)."""
+        size = self.config.preprocess.size or self.backbone.native_size
+        return {"num_labels": len(self.config.labels), "image_size": [int(s) for s in size]}
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -94,7 +100,14 @@ class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
         Raises:
             TypeError / ValueError: Labels of the wrong type, shape or range.
         """
-        feats = self.backbone(images, noise=noise, prompt=prompt, value_range=value_range)
+        if getattr(self.head, "two_pass", False):
+            # DifFeed (S001 §3.3): pass 1 without gradients feeds the head's layers, whose
+            # output is added to the encoder blocks of pass 2 on the same noisy input
+            feats = self.backbone.forward_two_pass(
+                images, self.head.feedback, first_taps=self.head.first_taps, taps=self.head.taps,
+                noise=noise, prompt=prompt, value_range=value_range)
+        else:
+            feats = self.backbone(images, noise=noise, prompt=prompt, value_range=value_range)
         batch = next(iter(feats.values())).shape[0]
         if labels is not None:
             labels = self._check_labels(labels, batch).to(next(iter(feats.values())).device)

@@ -85,6 +85,7 @@ def preset_config(
     taps: Sequence[str] | None = None,
     timesteps: Sequence[int] | None = None,
     size: tuple[int, int] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> TaskConfig:
     """A preset's ``TaskConfig`` with overrides.
 
@@ -98,6 +99,8 @@ def preset_config(
         taps: Other tap names.
         timesteps: Other timesteps.
         size: ``(H, W)`` images are resized to.
+        labels: Class names (classification presets whose labels are left to the user, such
+            as the ADM-256 ones).
 
     Raises:
         ValueError: Unknown preset, or an override that makes the config invalid.
@@ -115,4 +118,6 @@ def preset_config(
         data["features"]["timesteps"] = [int(t) for t in timesteps]
     if size is not None:
         data.setdefault("preprocess", {})["size"] = [int(s) for s in size]
+    if labels is not None:
+        data["labels"] = list(labels)
     return TaskConfig.from_dict(data)
