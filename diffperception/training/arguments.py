@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TrainingArguments", "RECIPE_LEARNING_RATES", "recipe_learning_rate",
+__all__ = ["TrainingArguments", "cpu_only", "RECIPE_LEARNING_RATES", "recipe_learning_rate",
            "OPTIMIZERS", "MIXED_PRECISION", "CACHE_MODES"]
 
 #: ``config["head"]["type"]`` -> the released scripts' learning rate (METHODS §1.6).
@@ -22,6 +22,20 @@ DEFAULT_LEARNING_RATE = 1e-2
 OPTIMIZERS = ("sgd", "adam")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CACHE_MODES = ("auto", "on", "off")
+
+
+def cpu_only(forced: bool = False) -> bool:
+    """Whether ``accelerate`` should run on the CPU: asked for, or no accelerator device.
+
+    Passing ``cpu=True`` on a CPU-only machine is what makes accelerate join the processes
+    started by ``accelerate launch --multi_gpu`` / ``torchrun`` into one gloo group (MULTI_CPU);
+    without it each would run alone.
+    """
+    import torch
+
+    available = getattr(torch, "accelerator", None)
+    has_device = available.is_available() if available is not None else torch.cuda.is_available()
+    return forced or not has_device
 
 
 def recipe_learning_rate(head_type: str) -> float:

@@ -86,5 +86,8 @@ def run(args: argparse.Namespace) -> int:
         head=head, taps=_split_list(args.taps), timesteps=_split_list(args.timesteps, int))
     history = train(model, train_data, options, eval_data=eval_data)
     last = history[-1] if history else {}
-    print(f"trained {len(history)} epochs; last: {json.dumps(last)}; model saved to {args.out}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(  f"trained {len(history)} epochs; last: {json.dumps(last)}; model saved to {args.out}")
     return 0

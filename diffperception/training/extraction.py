@@ -2,8 +2,9 @@
 
 The machinery of the training loop's feature cache (``FeatureCache``), keyed by what the user
 names: an image file's path relative to the folder it was found in, or a dataset row's
-``<split>/<index>``. Under ``accelerate launch`` every process computes its share of the keys
-no shard holds yet; the main process then writes ``index.json`` (``{key: [shard, row]}``) after
+``<split>/<index>``. Under ``accelerate launch`` (or ``torchrun``) every process computes its share of the keys
+no shard holds yet (on a CPU-only machine ``accelerate launch --multi_gpu --num_processes N``
+starts N CPU processes; ``--cpu`` alone runs one, as accelerate's simple launcher does); the main process then writes ``index.json`` (``{key: [shard, row]}``) after
 checking that every key is stored exactly once.
 
 Example:
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data import load_image_dataset, transform_image
+from .arguments import cpu_only
 from .feature_cache import FeatureCache, backbone_fingerprint, share
 
 __all__ = ["file_items", "dataset_items", "extract_shards", "INDEX_NAME", "IMAGE_SUFFIXES"]
@@ -86,6 +88,14 @@ def _square_size(model: nn.Module) -> int:
     return int(size[0])
 
 
+def _shard_metadata(keys: Sequence[str], label_of: dict[str, int] | None, state: Any
+                    ) -> dict[str, str]:
+    metadata = {"process": f"{state.process_index}/{state.num_processes}"}
+    if label_of is not None:
+        metadata["labels"] = json.dumps([label_of[k] for k in keys])
+    return metadata
+
+
 def _write_index(cache: FeatureCache, keys: Sequence[str]) -> dict[str, Any]:
     counts = cache.key_counts()
     repeated = sorted(k for k, n in counts.items() if n > 1)
@@ -114,7 +124,8 @@ def extract_shards(model: nn.Module, items: Sequence[Item], out_dir: str | os.Pa
             ``index.json``).
         batch_size: Images per backbone call.
         shard_size: Images per shard (what a kill can cost, at most).
-        labels: A label per item, stored in the shards' metadata.
+        labels: A label per item, stored in the shards' metadata (with ``process``:
+            ``"<rank>/<processes>"`` of the process that wrote the shard).
         progress: Show a progress bar on the main process.
 
     Returns:
@@ -126,7 +137,7 @@ def extract_shards(model: nn.Module, items: Sequence[Item], out_dir: str | os.Pa
     """
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=cpu_only())
     size = _square_size(model)
     model.to(state.device).eval()
     cache = FeatureCache(out_dir, backbone_fingerprint(model))
@@ -139,8 +150,7 @@ def extract_shards(model: nn.Module, items: Sequence[Item], out_dir: str | os.Pa
                lambda key: transform_image(loads[key](), size, "none"),
                lambda x: backbone(x.to(state.device)), batch_size=batch_size,
                shard_size=shard_size, progress=progress and state.is_local_main_process,
-               metadata=(lambda keys: {"labels": json.dumps([label_of[k] for k in keys])})
-               if label_of else None)
+               metadata=lambda keys: _shard_metadata(keys, label_of, state))
     state.wait_for_everyone()
     index = _write_index(cache, list(loads)) if state.is_main_process else {}
     state.wait_for_everyone()

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..data import TransformedImages, collate_images
-from .arguments import TrainingArguments
+from .arguments import TrainingArguments, cpu_only
 from .feature_cache import CachedFeatures, FeatureCache, content_key, is_cacheable, share
 from .history import plot_curves, write_log
 
@@ -263,7 +263,7 @@ def _accelerator(args: TrainingArguments) -> Any:
     from accelerate import Accelerator, DataLoaderConfiguration
 
     # StepLR counts epochs: one scheduler step per call, not one per process and batch
-    return Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu,
+    return Accelerator(mixed_precision=args.mixed_precision, cpu=cpu_only(args.cpu),
                        step_scheduler_with_optimizer=False,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
                                                                  data_seed=args.seed))

@@ -31,18 +31,22 @@ def _folder(root: Path, count: int) -> Path:
     return root / "imgs"
 
 
-def _stored_keys(out: Path) -> list[str]:
+def _stored_keys(out: Path, field: str = "keys") -> list[str]:
     keys = []
     for shard in sorted(out.glob("shard-*.safetensors")):
         with safe_open(str(shard), framework="pt") as handle:
-            keys += json.loads(handle.metadata()["keys"])
+            value = json.loads(handle.metadata()[field]) if field == "keys" else [
+                handle.metadata()[field]]
+        keys += value
     return keys
 
 
 def _command(*args: str | Path, processes: int = 1) -> list[str]:
-    launch = ([sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-               str(processes), "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--cpu"] if processes > 1 else [sys.executable])
+    # on a CPU-only machine --multi_gpu (torchrun) starts the processes; the library then joins
+    # them with gloo (accelerate's --cpu launcher would start only one)
+    launch = ([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no"] if processes > 1 else [sys.executable])
     return [*launch, "-m", "diffperception.cli", "extract", *map(str, args)]
 
 
@@ -59,6 +63,7 @@ def test_killed_extraction_resumed_over_two_processes_covers_each_image_once(tmp
         os.killpg(proc.pid, signal.SIGKILL)  # a kill, mid-run
     assert proc.wait() in (0, -signal.SIGKILL)
     before = _stored_keys(out)
+    assert set(_stored_keys(out, "process")) == {"0/1"}
     assert 3 <= len(before) and len(set(before)) == len(before)
     assert not (out / "index.json").exists() or len(before) == 40
 
@@ -70,6 +75,7 @@ def test_killed_extraction_resumed_over_two_processes_covers_each_image_once(tmp
     expected = sorted(f"imgs/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*.png"))
     assert sorted(keys) == expected  # every image exactly once
     assert set(before) <= set(keys)
+    assert set(_stored_keys(out, "process")) == {"0/1", "0/2", "1/2"}  # both processes wrote
     index = json.loads((out / "index.json").read_text())
     assert sorted(index) == expected
 
