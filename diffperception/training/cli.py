@@ -65,6 +65,7 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     from . import TrainingArguments, class_names, classifier_from_config, load_split, train
@@ -86,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
         head=head, taps=_split_list(args.taps), timesteps=_split_list(args.timesteps, int))
     history = train(model, train_data, options, eval_data=eval_data)
     last = history[-1] if history else {}
-    from accelerate import PartialState
-
     if PartialState().is_main_process:
-        print(  f"trained {len(history)} epochs; last: {json.dumps(last)}; model saved to {args.out}")
+        print(f"trained {len(history)} epochs; last: {json.dumps(last)}; model saved to {args.out}")
     return 0
