@@ -16,6 +16,7 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("diffperception.demo", "offline demo on the shipped digits model: probes, zero-shot, plot"),
     "extract": ("diffperception.extract", "extract tap activations from images into a .safetensors file"),
+    "train": ("diffperception.training.cli", "train a classification head on a frozen trunk"),
     "taps": ("diffperception.extract", "list the valid tap names of a diffusers model"),
     "export": ("diffperception.export.cli", "export to TorchScript / torch.export / ONNX / TensorRT"),
     "bench": ("diffperception.benchmarks.cli", "latency / memory / FLOP benchmarks"),

@@ -10,7 +10,8 @@
   label columns.
 
 ``few_shot`` and ``label_fraction`` take seeded, class-balanced subsets (k images per class; 1% /
-10% of the labels).
+10% of the labels). ``TransformedImages`` and ``collate_images`` (``data.transforms``) turn a split
+into seeded, augmented torch batches.
 
 Example:
     >>> train = load_image_dataset("digits", "train")
@@ -27,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_image_dataset", "few_shot", "label_fraction", "class_names", "DIGITS"]
+from .transforms import (AUGMENTATIONS, TransformedImages, collate_images, image_to_tensor,
+                         resize_short_side, transform_image)
+
+__all__ = ["load_image_dataset", "few_shot", "label_fraction", "class_names", "DIGITS",
+           "AUGMENTATIONS", "TransformedImages", "collate_images", "image_to_tensor",
+           "resize_short_side", "transform_image"]
 
 DIGITS = "digits"
 
