@@ -30,6 +30,8 @@ __all__ = ["FeatureCache", "backbone_fingerprint", "content_key", "default_cache
            "CachedFeatures", "is_cacheable", "share"]
 
 CACHE_FORMAT = 1
+#: Heads whose trainable layers feed back into the trunk, so its features change as they train.
+TRUNK_TRAINING_HEADS = frozenset({"diffeed"})
 FINGERPRINT_NAME = "fingerprint.json"
 SHARD_GLOB = "shard-*.safetensors"
 
@@ -79,9 +81,15 @@ def is_cacheable(model: nn.Module) -> tuple[bool, str]:
     """Whether the backbone gives the same features for the same image on every call.
 
     Returns:
-        ``(True, "")`` or ``(False, why not)``: random noise, or a prompt that is not constant.
+        ``(True, "")`` or ``(False, why not)``: a head whose parameters act inside the trunk
+        (DifFeed's feedback layers; a head says so with ``trains_through_trunk = True``), random
+        noise, or a prompt that is not constant.
     """
     features = model.config.features
+    head = model.config.head.type if model.config.head is not None else None
+    if getattr(model.head, "trains_through_trunk", False) or head in TRUNK_TRAINING_HEADS:
+        return False, (f"the {head!r} head changes the trunk's features while it trains "
+                       "(feedback into the trunk)")
     if features.noise.kind == "random":
         return False, ("the noise is random (features.noise.kind = 'random'): each call draws "
                        "new noise; use 'fixed' noise to cache features")

@@ -14,13 +14,14 @@ import pytest
 from safetensors.torch import load_file
 
 from diffperception.cli import main
+from diffperception.training import latest_checkpoint
 
 LINEAR = ["--preset", "digits-default", "--head", '{"type": "linear", "pool": 2}',
           "--taps", "mid_block", "--timesteps", "50", "--data", "digits", "--quiet"]
 
 
 def _argv(out: Path, cache: Path, *extra: str) -> list[str]:
-    return ["train", *LINEAR, "--shots", "30", "--epochs", "4", "--batch-size", "16",
+    return ["train", *LINEAR, "--shots", "30", "--epochs", "6", "--batch-size", "16",
             "--out", str(out), "--cache-dir", str(cache), *extra]
 
 
@@ -31,9 +32,9 @@ def test_killed_run_resumed_ends_with_the_straight_runs_weights(tmp_path):
     command = [sys.executable, "-m", "diffperception.cli", *_argv(tmp_path / "killed", cache)]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    first = tmp_path / "killed" / "checkpoints" / "epoch-001"
-    deadline = time.monotonic() + 120
-    while not first.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 180  # kill once the first checkpoint is complete
+    while (latest_checkpoint(tmp_path / "killed") is None and proc.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.01)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -45,7 +46,7 @@ def test_killed_run_resumed_ends_with_the_straight_runs_weights(tmp_path):
     assert straight.keys() == resumed.keys()
     assert all((straight[k] == resumed[k]).all() for k in straight)
     log = json.loads((tmp_path / "killed" / "training_log.json").read_text())
-    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4, 5, 6]
     config = json.loads((tmp_path / "killed" / "config.json").read_text())
     assert config["labels"][:2] == ["zero", "one"] and config["head"]["type"] == "linear"
 

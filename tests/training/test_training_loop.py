@@ -107,3 +107,17 @@ def test_refusals(tmp_path, digits_small):
     with pytest.raises(ValueError, match="has 10 classes.*2 labels"):
         train(model, train_data, TrainingArguments(str(tmp_path / "z"), progress=False))
     shutil.rmtree(tmp_path / "run")
+
+
+def test_a_head_that_trains_through_the_trunk_is_never_cached(tmp_path, digits_small):
+    from diffperception.training import is_cacheable
+
+    train_data, _ = digits_small
+    model = linear_classifier(class_names(train_data))
+    model.head.trains_through_trunk = True  # as DifFeed's feedback layers do
+    assert not is_cacheable(model)[0]
+    args = dict(progress=False, epochs=1, augment="none", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="changes the trunk's features"):
+        train(model, train_data, TrainingArguments(str(tmp_path / "a"), feature_cache="on", **args))
+    history = train(model, train_data, TrainingArguments(str(tmp_path / "b"), **args))
+    assert not history[0]["cached"] and not (tmp_path / "cache").exists()
