@@ -244,7 +244,7 @@ def test_limit_flags_raise_and_lower_the_limits(tmp_path: Path, image_model: Pat
 @pytest.mark.parametrize("value", ["0", "-5", "lots"])
 def test_limit_flags_reject_bad_values(tmp_path: Path, image_model: Path, flag: str, value: str) -> None:
     proc = run_kit(image_model, good_png(tmp_path / "a.png"), flag, value, cwd=tmp_path)
-    assert proc.returncode == 2 and "expected a positive integer" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Expected a positive integer" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # --- the Python API ------------------------------------------------------------------------
