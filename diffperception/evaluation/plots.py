@@ -23,6 +23,16 @@ def _figure(width: float, height: float):
     return plt, plt.subplots(figsize=(width, height))
 
 
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    """Writes ``fig`` as a PNG at ``path`` (parent folders created) and closes it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def save_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
                           *, title: str = "") -> Path:
     """Writes a confusion matrix (rows: true class, columns: predicted class) as a PNG.
@@ -55,12 +65,7 @@ def save_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
         for (i, j), count in np.ndenumerate(matrix):
             ax.text(j, i, str(int(count)), ha="center", va="center", fontsize=8,
                     color="white" if count > high / 2 else "black")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_accuracy_heatmap(accuracy: np.ndarray, taps: Sequence[str], timesteps: Sequence[int],
@@ -98,9 +103,4 @@ def save_accuracy_heatmap(accuracy: np.ndarray, taps: Sequence[str], timesteps: 
         text = f"{100 * value:.1f}" + ("*" if (i, j) == best else "")
         ax.text(j, i, text, ha="center", va="center", fontsize=9,
                 color="black" if 100 * value > middle else "white")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
