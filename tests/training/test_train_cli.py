@@ -26,7 +26,19 @@ def _argv(out: Path, cache: Path, *extra: str) -> list[str]:
             "--out", str(out), "--cache-dir", str(cache), *extra]
 
 
-def test_killed_run_resumed_ends_with_the_straight_runs_weights(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The in-process runs use one thread, as the killed subprocess does: matmul sums in the
+    same order, so the weights can be compared bit for bit (other tests may change the count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_killed_run_resumed_ends_with_the_straight_runs_weights(tmp_path, one_thread):
     cache = tmp_path / "cache"
     assert main(_argv(tmp_path / "straight", cache)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
