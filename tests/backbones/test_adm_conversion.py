@@ -37,6 +37,7 @@ from diffperception.backbones.adm_conversion import (
 from diffperception.backbones.unet import adm_block_paths
 from diffperception.cli import main
 from diffperception.features.backbone import DiffusionBackbone
+from testing_utils.tiny_models import ADM256_CONFIG
 
 # ----------------------------------------------------------------- the tiny ADM-layout network
 
@@ -297,16 +298,6 @@ def test_the_folder_loads_as_a_backbone_and_taps_the_adm_block(converted):
 
 # ------------------------------------------------------------------- the ADM-256 layout itself
 
-# METHODS.md §0.3 item 1
-ADM256_CONFIG = dict(
-    sample_size=256, in_channels=3, out_channels=6, layers_per_block=2,
-    block_out_channels=(256, 256, 512, 512, 1024, 1024),
-    down_block_types=("ResnetDownsampleBlock2D",) * 3 + ("AttnDownBlock2D",) * 3,
-    up_block_types=("AttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",) * 3,
-    downsample_type="resnet", upsample_type="resnet", attention_head_dim=64,
-    resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32, norm_num_groups=32,
-    norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, time_embedding_type="positional",
-    num_class_embeds=None)
 
 
 def test_defaults_are_the_adm256_uncond_layout_and_schedule():

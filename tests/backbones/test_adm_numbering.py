@@ -12,6 +12,7 @@ from diffusers import UNet2DModel
 from diffperception.backbones import get_family
 from diffperception.backbones.unet import adm_block_paths
 from diffperception.features.taps import resolve_taps
+from testing_utils.tiny_models import ADM256_CONFIG
 
 # (b, diffusers module, channels, size at 256 px), transcribed from the table.
 ADM256 = [
@@ -36,15 +37,6 @@ ADM256 = [
     (37, "up_blocks.5.resnets.2", 256, 256),
 ]
 
-# METHODS.md §0.3: the ADM-256 unconditional layout in diffusers.
-ADM256_CONFIG = dict(
-    sample_size=256, in_channels=3, out_channels=6, layers_per_block=2,
-    block_out_channels=(256, 256, 512, 512, 1024, 1024),
-    down_block_types=("ResnetDownsampleBlock2D",) * 3 + ("AttnDownBlock2D",) * 3,
-    up_block_types=("AttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",) * 3,
-    downsample_type="resnet", upsample_type="resnet", attention_head_dim=64,
-    resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32, norm_num_groups=32,
-    norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, time_embedding_type="positional")
 
 
 @pytest.fixture(scope="module")

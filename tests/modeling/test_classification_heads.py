@@ -42,6 +42,7 @@ from diffperception import AutoDiffusionPerception, DiffusionPerceptionForImageC
 from diffperception.default_model import DEFAULT_MODEL_PATH
 from diffperception.hub import ModelSource
 from diffperception.modeling.presets import load_preset, preset_config
+from testing_utils.tiny_models import ADM256_CONFIG as TINY_ADM256
 
 LABELS = ["zero", "one", "two"]
 SMALL = {"width": 16, "depth": 1, "num_heads": 2}
@@ -119,14 +120,9 @@ class TestDifFeedClassifier(TaskModelTesterMixin):
 # ------------------------------------------------------------------------------------ presets
 
 NEW = ["gd-linear", "attention", "difformer", "diffeed"]
-ADM256_CONFIG = dict(
-    _class_name="UNet2DModel", sample_size=256, in_channels=3, out_channels=6, layers_per_block=2,
-    block_out_channels=[256, 256, 512, 512, 1024, 1024],
-    down_block_types=["ResnetDownsampleBlock2D"] * 3 + ["AttnDownBlock2D"] * 3,
-    up_block_types=["AttnUpBlock2D"] * 3 + ["ResnetUpsampleBlock2D"] * 3,
-    downsample_type="resnet", upsample_type="resnet", attention_head_dim=64,
-    resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32, norm_num_groups=32,
-    norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, time_embedding_type="positional")
+# the ADM-256 layout as a config.json (JSON lists) of a UNet2DModel
+ADM256_CONFIG = {"_class_name": "UNet2DModel",
+                 **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY_ADM256.items()}}
 
 
 def _write_folder(folder, unet_config=None, unet=None):

@@ -58,6 +58,18 @@ UNET_SDXL = dict(
 )
 
 
+# METHODS.md §0.3 item 1: the ADM-256 unconditional layout in diffusers (UNet2DModel)
+ADM256_CONFIG = dict(
+    sample_size=256, in_channels=3, out_channels=6, layers_per_block=2,
+    block_out_channels=(256, 256, 512, 512, 1024, 1024),
+    down_block_types=("ResnetDownsampleBlock2D",) * 3 + ("AttnDownBlock2D",) * 3,
+    up_block_types=("AttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",) * 3,
+    downsample_type="resnet", upsample_type="resnet", attention_head_dim=64,
+    resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32, norm_num_groups=32,
+    norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, time_embedding_type="positional",
+    num_class_embeds=None)
+
+
 def make_sd(folder: Path, kind: str = "sd1") -> Path:
     """Saves a tiny SD-1/2/XL-shaped pipeline folder (64 px images, 8x8 latents)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
