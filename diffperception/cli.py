@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("diffperception.benchmarks.cli", "latency / memory / FLOP benchmarks"),
     "push": ("diffperception.modeling.push", "push a saved task model folder to the Hugging Face Hub"),
     "convert-adm": ("diffperception.convert_adm", "convert a guided-diffusion (ADM) checkpoint to a diffusers folder"),
-    "evaluate": ("diffperception.evaluation.cli", "top-1 / top-5 (and kNN) of a saved classifier on a split"),
+    "evaluate": ("diffperception.evaluation.cli", "a saved model on a split: top-1 / top-5 (and kNN) of a classifier, or a named --benchmark"),
     "sweep": ("diffperception.evaluation.cli", "linear-probe accuracy per (tap, timestep): table and heatmap"),
 }
 

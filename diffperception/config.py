@@ -275,6 +275,9 @@ class TaskConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     head: HeadConfig | None = None
     labels: list[str] | None = None
+    #: Task-specific settings (JSON values), checked by the task model's ``check_config``
+    #: (for example a segmentation model's ``ignore_index``); left out of ``to_dict`` when empty.
+    task: dict[str, Any] = field(default_factory=dict)
     diffperception_version: str | None = None
     config_format: int = CONFIG_FORMAT_VERSION
 
@@ -310,6 +313,8 @@ class TaskConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["head"] = self.head.to_dict() if self.head is not None else None
+        if not data["task"]:
+            del data["task"]
         return data
 
     def validate(self) -> None:
@@ -326,3 +331,9 @@ class TaskConfig:
             isinstance(self.labels, list) and all(isinstance(x, str) for x in self.labels)
         ):
             _fail("", "labels", self.labels, "a list of strings or null")
+        if not isinstance(self.task, dict) or not all(isinstance(k, str) for k in self.task):
+            _fail("", "task", self.task, "a JSON object of task settings")
+        try:
+            json.dumps(self.task)
+        except TypeError:
+            _fail("", "task", self.task, "JSON values only")

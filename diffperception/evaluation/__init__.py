@@ -9,6 +9,8 @@
   ``model-index``.
 - :func:`run_sweep`, :func:`write_sweep`: a linear probe per (tap, timestep) of a grid from one
   batched backbone pass, with a feature cache, a table, a heatmap and a JSON.
+- :func:`register_benchmark`, :func:`get_benchmark`, :func:`list_benchmarks`: named benchmark
+  protocols (``diffperception evaluate --benchmark NAME``).
 - :func:`load_split`: an evaluation split through ``diffperception.data`` (seeded subsets).
 - :func:`probe_features`, :func:`linear_probe`, :func:`probe_grid`: linear probes on a feature
   extractor's pooled activations (scikit-learn's logistic regression).
@@ -22,6 +24,13 @@ Example:
     >>> zero_shot_accuracy(folder, images, labels, captions, timesteps=[600, 700, 800])
 """
 
+from .benchmarks import (
+    Benchmark,
+    BenchmarkResult,
+    get_benchmark,
+    list_benchmarks,
+    register_benchmark,
+)
 from .baselines import ProbeComparison, probe_against_baselines, random_weight_copy
 from .classification import ClassifierEvaluation, evaluate_classifier
 from .knn import knn_accuracy, knn_scores
@@ -34,6 +43,11 @@ from .sweep import SweepResult, run_sweep, write_sweep
 from .zero_shot import caption_errors, noise_prediction_model, zero_shot_accuracy
 
 __all__ = [
+    "Benchmark",
+    "BenchmarkResult",
+    "get_benchmark",
+    "list_benchmarks",
+    "register_benchmark",
     "ClassifierEvaluation",
     "ProbeComparison",
     "SweepResult",

@@ -41,7 +41,18 @@ def _positive(text: str) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``diffperception evaluate``."""
-    parser.add_argument("model", help="saved classifier folder (save_pretrained) or Hub repo id")
+    parser.add_argument("model", nargs="?", default=None,
+                        help="saved model folder (save_pretrained) or Hub repo id")
+    parser.add_argument("--preset", default=None,
+                        help="evaluate a preset's untrained model instead (zero-shot protocols, "
+                             "e.g. --preset dift-sd21 --benchmark spair71k)")
+    parser.add_argument("--benchmark", default=None,
+                        help="a registered benchmark (diffperception.evaluation.list_benchmarks()) "
+                             "reading its own layout under --data; default: the classification "
+                             "protocol (top-1 / top-5 / kNN) for image classifiers")
+    parser.add_argument("--benchmark-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a benchmark setting (VALUE read as JSON, else as a string); repeat "
+                             "for several")
     parser.add_argument("--data", required=True,
                         help="'digits', an image folder (<root>/<split>/<class>/...) or a folder "
                              "written by datasets' save_to_disk")
@@ -88,8 +99,74 @@ def _print_evaluation(result, split: str) -> None:
         print(f"kNN k={k} skipped: only {result.knn_settings['num_train']} train images")
 
 
+def _benchmark_options(pairs: list[str]) -> dict:
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--benchmark-option {pair!r} is not KEY=VALUE.")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except ValueError:
+            options[key.strip().replace("-", "_")] = value
+    return options
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from ..modeling import AutoDiffusionPerception
+
+    if (args.model is None) == (args.preset is None):
+        raise ValueError("pass a saved model (folder or repo id) or --preset NAME, not both "
+                         "and not neither.")
+    if args.preset is not None:
+        model = AutoDiffusionPerception.from_preset(args.preset)
+    else:
+        model = AutoDiffusionPerception.from_pretrained(args.model)
+    return model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """Runs ``diffperception evaluate --benchmark NAME``; returns the exit status."""
+    from .benchmarks import card_entries, get_benchmark, write_benchmark_result
+    from .results import update_model_card
+
+    if (args.model is None) == (args.preset is None):
+        raise ValueError("pass a saved model (folder or repo id) or --preset NAME, not both "
+                         "and not neither.")
+    benchmark = get_benchmark(args.benchmark)
+    options = _benchmark_options(args.benchmark_option)
+    local = args.model is not None and Path(args.model).expanduser().is_dir()
+    if args.out is None and not local:
+        raise ValueError("the results need a folder: pass --out DIR (a preset or a Hub repo id "
+                         "has no local folder).")
+    model = _load_model(args)
+    result = benchmark.run(model, args.data, args.split, batch_size=args.batch_size,
+                           seed=args.seed, progress=not args.no_progress, **options)
+    print(benchmark.format(result))
+    model_id = args.model if args.model is not None else f"preset:{args.preset}"
+    path = write_benchmark_result(result, args.out or args.model, task_type=benchmark.task_type,
+                                  source=args.data, model_id=model_id,
+                                  extra={"batch_size": args.batch_size, "seed": args.seed,
+                                         "options": options})
+    print(f"wrote {path}")
+    if local and not args.no_card:
+        card = update_model_card(args.model, card_entries(result, benchmark.task_type,
+                                                          args.benchmark), model=model)
+        print(f"model-index of {card} updated")
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Runs ``diffperception evaluate``; returns the exit status."""
+    if args.benchmark is not None:
+        return run_benchmark(args)
+    if args.model is None:
+        raise ValueError("the classification protocol evaluates a saved classifier: pass its "
+                         "folder or repo id (--preset needs --benchmark).")
     from .classification import evaluate_classifier
     from .results import card_metrics, update_model_card, write_evaluation
     from .splits import load_split

@@ -4,7 +4,8 @@ from .auto import AutoDiffusionPerception
 from .base import DiffusionPerceptionModel
 from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable, LearnablePrompt
 from .image_classification import DiffusionPerceptionForImageClassification
-from .outputs import ImageClassifierOutput
+from .outputs import ImageClassifierOutput, SemanticSegmenterOutput
+from .semantic_segmentation import DiffusionPerceptionForSemanticSegmentation
 from .presets import list_presets, load_preset
 from .registry import get_model_class, list_models, register_model
 
@@ -12,8 +13,10 @@ __all__ = [
     "AutoDiffusionPerception",
     "DiffusionPerceptionForFeatureExtraction",
     "DiffusionPerceptionForImageClassification",
+    "DiffusionPerceptionForSemanticSegmentation",
     "DiffusionPerceptionModel",
     "ImageClassifierOutput",
+    "SemanticSegmenterOutput",
     "Learnable",
     "LearnablePrompt",
     "get_model_class",

@@ -192,7 +192,14 @@ class DiffusionPerceptionModel(
                                            source_config=self.saved_config(publish=True))
         if self.head.output_key == "features":
             return special
-        return SpecializedTaskModel(special, copy.deepcopy(self.head)).eval()
+        return SpecializedTaskModel(special, copy.deepcopy(self.head),
+                                    self.specialized_postprocess(special.size)).eval()
+
+    def specialized_postprocess(self, size: tuple[int, int]) -> nn.Module | None:
+        """What a specialised model applies to the head's output (None: nothing), e.g. the
+        upsampling of dense logits to the ``(H, W)`` image ``size``; the eager forward does the
+        same."""
+        return None
 
     # ------------------------------------------------------------------------------- config
 
@@ -561,11 +568,15 @@ class SpecializedTaskModel(nn.Module):
     Args:
         backbone: The ``SpecializedBackbone``.
         head: The task head.
+        postprocess: A module applied to the head's output tensor (the task model's
+            ``specialized_postprocess``), or None.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module,
+                 postprocess: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.postprocess = postprocess if postprocess is not None else nn.Identity()
         self.output_key = head.output_key
         self.size, self.latent_input = backbone.size, backbone.latent_input
         self.source_config = backbone.source_config
@@ -587,4 +598,4 @@ class SpecializedTaskModel(nn.Module):
                                                    taps=self.head.taps)
         else:
             feats = self.backbone(images)
-        return {self.output_key: getattr(self.head(feats), self.output_key)}
+        return {self.output_key: self.postprocess(getattr(self.head(feats), self.output_key))}
