@@ -286,3 +286,29 @@ def test_a_matcher_returning_the_wrong_shape_is_a_clear_error(winoground_root):
     with pytest.raises(ValueError, match=r"\(num_images, num_texts\)"):
         get_benchmark("winoground").run(Transposed(), winoground_root, image_size=8,
                                         progress=False)
+
+
+# ---------------------------------------------------- the CLI with the matching model
+
+def test_evaluate_cli_runs_winoground_on_the_matching_preset(winoground_root, tmp_path):
+    """``diffperception evaluate --preset discffusion-digits --benchmark winoground``: the JSON
+    holds the text / image / group scores of the model's own ``score`` on the replica's
+    images, recomputed here example by example."""
+    from diffperception import AutoDiffusionPerception
+    from diffperception.cli import main
+    from diffperception.data.matching import load_rgb
+
+    out = tmp_path / "out"
+    assert main(["evaluate", "--preset", "discffusion-digits", "--benchmark", "winoground",
+                 "--data", str(winoground_root), "--benchmark-option", "image_size=32",
+                 "--out", str(out), "--no-progress"]) == 0
+    written = json.loads((out / "eval_winoground_test.json").read_text())
+    model = AutoDiffusionPerception.from_preset("discffusion-digits").eval()
+    table = []
+    for ex in load_winoground(winoground_root):
+        images = np.stack([load_rgb(ex.image_0, 32), load_rgb(ex.image_1, 32)])
+        table.append(model.score(images, [ex.caption_0, ex.caption_1]).numpy())
+    np.testing.assert_allclose(written["details"]["scores"], np.stack(table), atol=1e-5)
+    from diffperception.evaluation.matching import winoground_scores
+
+    assert written["metrics"] == pytest.approx(winoground_scores(np.stack(table)))
