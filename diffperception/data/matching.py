@@ -302,7 +302,10 @@ def load_vqav2_matching(root: str | os.PathLike, split: str = "val", *, num_cand
     questions, answers = _vqa_json(root, split)
     images = Path(images_dir) if images_dir else _first_dir(
         [root / f"{split}2014", root / "images" / f"{split}2014"], f"COCO {split}2014")
-    path = lambda image_id: images / f"COCO_{split}2014_{int(image_id):012d}.jpg"  # noqa: E731
+
+    def path(image_id: int) -> Path:
+        return images / f"COCO_{split}2014_{int(image_id):012d}.jpg"
+
     rng = np.random.default_rng(seed)
     other_answers = sorted({answers[q["question_id"]]["multiple_choice_answer"]
                             for q in questions if answers[q["question_id"]]["answer_type"] == "other"})

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import CLASS_NAMES
-from .data import upsample_digits
+from .data import raw_digits_split, upsample_digits
 
 PAIR_IMAGE_SIZE = 32
 PAIR_DIGIT_SIZE = 16
@@ -105,17 +105,9 @@ def _offsets(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _raw_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The raw 8x8 digits and labels of the default model's train or test split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    from .data import TEST_FRACTION
-
-    digits = load_digits()
-    labels = digits.target.astype(np.int64)
-    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION,
-                                           stratify=labels, random_state=0)
+    digits, idx_train, idx_test = raw_digits_split(0)
     idx = {"train": idx_train, "test": idx_test}[split]
-    return digits.images[idx], labels[idx]
+    return digits.images[idx], digits.target[idx].astype(np.int64)
 
 
 def _check_split(split: str) -> None:
