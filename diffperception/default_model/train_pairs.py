@@ -148,6 +148,7 @@ captions); {s['num_pairs']} seeded training images built from the digits train s
 Training: {s['steps']} steps, batch {s['batch_size']}, AdamW lr {s['lr']}, seed {s['seed']};
 {info['wall_time_s']:.0f} s on {info['machine']}; final loss {info['final_loss']:.4f}.
 Reproduce: `python -m diffperception.default_model.train_pairs --out <folder> --steps {s['steps']}`.
+{"".join(f"{chr(10)}- {note}" for note in info.get("notes", []))}
 {measured}"""
     path = Path(out) / "README.md"
     path.write_text(body)
