@@ -98,3 +98,18 @@ def test_a_short_pairs_training_run_writes_a_loadable_model(tmp_path):
         ctx = parts["text_encoder"](torch.tensor([ids])).last_hidden_state
         sample = parts["unet"](torch.zeros(1, 3, 32, 32), 10, ctx).sample
     assert sample.shape == (1, 3, 32, 32)
+
+
+def test_the_shipped_pairs_model_loads_by_its_alias():
+    from diffperception.default_model import PAIRS_MODEL_PATH
+    from diffperception.default_model.build import load_model
+    from diffperception.hub import resolve_source_alias
+
+    assert resolve_source_alias("diffperception:pairs") == PAIRS_MODEL_PATH
+    parts = load_model(PAIRS_MODEL_PATH)
+    ids = parts["tokenizer"]("a three to the left of a five").input_ids
+    assert len(ids) == 10
+    info = json.loads((PAIRS_MODEL_PATH / "training_info.json").read_text())
+    assert info["settings"]["steps"] == 1500 and info["settings"]["seed"] == 0
+    size = sum(f.stat().st_size for f in PAIRS_MODEL_PATH.rglob("*") if f.is_file())
+    assert size < 8e6  # a few MB
