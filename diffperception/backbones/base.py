@@ -1,8 +1,8 @@
 """The backbone-family protocol and its registry.
 
 A family is how one kind of diffusion network is loaded, conditioned, cut and run: ``sd``
-(``UNet2DConditionModel`` + VAE + CLIP text encoders), ``pixel`` (text-free ``UNet2DModel``), and
-later ``dit``. Everything that depends on the network's architecture lives in the family's file;
+(``UNet2DConditionModel`` + VAE + CLIP text encoders), ``pixel`` (text-free ``UNet2DModel``) and
+``dit`` (PixArt / SD3 transformers). Everything that depends on the network's architecture lives in the family's file;
 the trunk driver, the backbone object and the task models above only call the methods below. The
 list of supported families (config validation, the loading allow-list) comes from this registry
 alone.
@@ -173,6 +173,35 @@ class BackboneFamily:
                      context: torch.Tensor | None, added: dict | None) -> Any:
         """One forward of the whole (unpruned) diffusers network, as its pipelines call it."""
         return network(sample, timesteps)
+
+    @classmethod
+    def tap_value(cls, network: nn.Module, path: str, kind: str, value: Any,
+                  sample: torch.Tensor) -> Any:
+        """The feature a tap reports from what its hook captured (a module output or input).
+
+        Default: the first element of a tuple (down blocks return ``(hidden, residuals)``,
+        transformer models ``(sample,)``). Families with token layouts reshape here.
+        """
+        if isinstance(value, (tuple, list)):
+            return value[0]
+        if hasattr(value, "to_tuple"):  # diffusers BaseOutput
+            return value.to_tuple()[0]
+        return value
+
+    @classmethod
+    def tap_point(cls, module: nn.Module, kind: str) -> nn.Module:
+        """The module whose output a tap of a family-specific ``kind`` (``adaln``) reads.
+
+        Raises:
+            ValueError: The family has no such tap on ``module``.
+        """
+        raise ValueError(f"Taps ':{kind}' need a transformer block of the 'dit' family; the "
+                         f"{cls.name!r} family has none ({type(module).__name__}).")
+
+    @classmethod
+    def bake_context(cls, network: nn.Module, context: torch.Tensor) -> None:
+        """Keeps a fixed prompt's prepared context ``(1, L, D)`` inside ``network`` when its
+        blocks read it beyond cross-attention K / V (those are baked by the specialiser)."""
 
     @classmethod
     def freeze_time(cls, network: nn.Module, emb: torch.Tensor) -> None:

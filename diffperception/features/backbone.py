@@ -125,6 +125,13 @@ class DiffusionBackbone(nn.Module):
         schedule = load_schedule(folder)
         self.scheduler_config, self.prediction_type = schedule.config, schedule.prediction_type
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float(), persistent=False)
+        # (signal, noise) per timestep: z_t = signal z_0 + noise eps (DDPM or flow matching)
+        self.register_buffer("noise_coefficients", schedule.coefficients.float(), persistent=False)
+        self.schedule_kind = schedule.kind
+        if schedule.kind != "ddpm" and self.features.noise.kind == "ddim_inversion":
+            raise ValueError(f"config['features']['noise']['kind'] = 'ddim_inversion' is invalid "
+                             f"for {self.source.repo_id}: its scheduler is a {schedule.kind} one "
+                             "and DDIM inversion walks the DDPM process; use 'fixed' or 'random'.")
         self.check_timesteps(self.features.timesteps)
         holder: dict[str, Any] = {}
         network = self.family.load_network(folder, lambda net: self._prune(net, holder), dtype,
@@ -292,7 +299,7 @@ class DiffusionBackbone(nn.Module):
     def base_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes (relative to this module) of what comes from the base model."""
         return (f"{self.family.component}.", "vae.", "prompt.text_encoder.",
-                "prompt.text_encoder_2.")
+                "prompt.text_encoder_2.", "prompt.text_encoder_3.")
 
     @property
     def size_multiple(self) -> int:
@@ -378,7 +385,7 @@ class DiffusionBackbone(nn.Module):
         timesteps = self.features.timesteps
         T, E, B = len(timesteps), cfg.ensemble, latent.shape[0]
         t_index = torch.tensor(timesteps, device=latent.device)
-        alphas = self.alphas_cumprod.to(latent.device)[t_index]
+        alphas = self.noise_coefficients.to(latent.device)[t_index]  # (T, 2) signal, noise
         if noise is not None:
             z = noise_ops.add_noise(latent, noise_ops.check_noise(noise, T, E, latent), alphas)
         elif cfg.kind == "fixed":
