@@ -6,7 +6,7 @@
   plus each block's ``scale_shift_table``); PixArt-alpha at 1024 px adds the resolution and aspect
   ratio micro-conditions.
 - SD3 / SD3.5 (``SD3Transformer2DModel``): the prompt is CLIP-L and CLIP-G penultimate states
-  (zero-padded to the joint width) followed by T5's last state (zeros without a T5), and the pooled
+  (zero-padded to the joint width) followed by T5's last state (256 zero tokens without a T5), and the pooled
   CLIP projections enter the time embedding, as ``StableDiffusion3Pipeline.encode_prompt`` builds
   them; each joint block updates image and text streams; noise is flow matching
   (``backbones/schedule.py``).
@@ -380,14 +380,10 @@ class DiTFamily(BackboneFamily):
     @classmethod
     def context_shape(cls, folder: Path, config: dict[str, Any]) -> tuple[tuple[int, int], int]:
         """``((L, D), P)``. PixArt: ``P = L``, the prompt's attention mask rides in the pooled
-        slot (PixArt has no pooled embedding); SD3: CLIP 77 + T5 256 tokens (77 zeros without a
+        slot (PixArt has no pooled embedding); SD3: CLIP 77 + T5 256 tokens (256 zeros without a
         T5) of ``joint_attention_dim``, ``pooled_projection_dim``."""
         if config.get("_class_name") == _SD3:
-            index = Path(folder) / "model_index.json"
-            entries = json.loads(index.read_text()) if index.is_file() else {}
-            t5 = (entries.get("text_encoder_3") or [None, None])[1] is not None
-            clip = _tokenizer_length(Path(folder) / "tokenizer", 77)
-            length = clip + (_SD3_T5_TOKENS if t5 else clip)
+            length = _tokenizer_length(Path(folder) / "tokenizer", 77) + _SD3_T5_TOKENS
             return (length, int(config["joint_attention_dim"])), int(config["pooled_projection_dim"])
         length = int(config.get("_max_sequence_length") or _prompt_tokens(folder))
         return (length, int(config.get("caption_channels") or config["cross_attention_dim"])), length
@@ -479,5 +475,5 @@ def _encode_sd3(texts, encoders, tokenizers, config):
                                            return_tensors="pt").input_ids.to(encoder.device)
         t5 = encoder(ids)[0].to(clip.dtype)  # (B, 256, joint width)
     else:
-        t5 = clip.new_zeros(len(texts), clip_length, width)
+        t5 = clip.new_zeros(len(texts), _SD3_T5_TOKENS, width)
     return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
