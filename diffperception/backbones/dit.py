@@ -99,7 +99,9 @@ def massive_activation_norm(hidden: torch.Tensor, shift: torch.Tensor, scale: to
     normed = F.layer_norm(hidden, hidden.shape[-1:], eps=eps)  # (B, N, C)
     normed = normed * (1 + scale[:, None]) + shift[:, None]
     magnitude = hidden.abs()
-    median = magnitude.flatten(1).median(dim=1).values  # (B,)
+    flat = magnitude.flatten(1)  # (B, N*C)
+    # the lower median, as torch.median; top-k (not median) so that the ONNX exporter translates it
+    median = flat.topk((flat.shape[1] - 1) // 2 + 1, dim=1, largest=False).values[:, -1]  # (B,)
     massive = magnitude.amax(dim=1) > ratio * median[:, None]  # (B, C)
     return normed.masked_fill(massive[:, None, :], 0.0)
 
