@@ -47,9 +47,12 @@ class BackboneFamily:
         component: The diffusers folder holding the network (``"unet"``, ``"transformer"``).
         network_classes: The diffusers classes of that component this family runs.
         text_conditioned: Whether the network takes a text context (prompts).
+        noise_processes: The noise processes its networks are trained on (``"ddpm"``,
+            ``"flow_matching"``); a scheduler of another one is refused at load.
     """
 
     name: ClassVar[str] = ""
+    noise_processes: ClassVar[tuple[str, ...]] = ("ddpm",)
     component: ClassVar[str] = "unet"
     network_classes: ClassVar[tuple[str, ...]] = ()
     text_conditioned: ClassVar[bool] = False

@@ -131,6 +131,7 @@ class DiTFamily(BackboneFamily):
     component = "transformer"
     network_classes = (_PIXART, _SD3)
     text_conditioned = True
+    noise_processes = ("ddpm", "flow_matching")  # PixArt: DDPM; SD3: flow matching
 
     # ------------------------------------------------------------------ config and building
 

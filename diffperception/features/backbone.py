@@ -128,6 +128,14 @@ class DiffusionBackbone(nn.Module):
         # (signal, noise) per timestep: z_t = signal z_0 + noise eps (DDPM or flow matching)
         self.register_buffer("noise_coefficients", schedule.coefficients.float(), persistent=False)
         self.schedule_kind = schedule.kind
+        if schedule.kind not in self.family.noise_processes:
+            name = schedule.config.get("_class_name")
+            raise ValueError(
+                f"{folder / 'scheduler'}: _class_name = {name!r} is not supported with a "
+                f"{self.family.name!r}-family network: it noises with the "
+                f"{schedule.kind.replace('_', '-')} process, and this family's networks are "
+                f"trained on {list(self.family.noise_processes)}. Use the scheduler the model "
+                "was trained with.")
         if schedule.kind != "ddpm" and self.features.noise.kind == "ddim_inversion":
             raise ValueError(f"config['features']['noise']['kind'] = 'ddim_inversion' is invalid "
                              f"for {self.source.repo_id}: its scheduler is a {schedule.kind} one "
