@@ -15,8 +15,9 @@ one), with random weights (cost does not depend on weight values):
 
 Results are appended as JSON lines to ``--out`` (default ``benchmarks/results/dit_trunk_cost.jsonl``)
 and printed as a table. Real sizes in fp32: PixArt-XL-2 0.61 B parameters (2.4 GB), SD3-medium 2.0 B
-(8.3 GB), SD3.5-medium 2.2 B (9.0 GB), SD3.5-large 8.1 B (32 GB: time it in bf16, or with
-``--layers``).
+(8.1 GB), SD3.5-medium 2.2 B (9.0 GB), SD3.5-large 8.1 B (32 GB: time it in bf16, or with
+``--layers``), FLUX.1-dev 11.9 B (48 GB: ``--layers`` N builds N double- and 2N single-stream
+blocks). FLOPs are counted at the published size whatever the memory.
 
 Example:
     python benchmarks/dit_trunk_cost.py --arch pixart-alpha-512 sd3-medium --cut middle
@@ -51,6 +52,12 @@ SD3_MEDIUM = dict(
     out_channels=16, patch_size=2, pooled_projection_dim=2048, pos_embed_max_size=192,
     sample_size=128,
 )
+# black-forest-labs/FLUX.1-dev, transformer/config.json
+FLUX_DEV = dict(
+    _class_name="FluxTransformer2DModel", attention_head_dim=128, axes_dims_rope=[16, 56, 56],
+    guidance_embeds=True, in_channels=64, joint_attention_dim=4096, num_attention_heads=24,
+    num_layers=19, num_single_layers=38, patch_size=1, pooled_projection_dim=768,
+)
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "pixart-alpha-512": dict(transformer=PIXART_XL, pipeline="PixArtAlphaPipeline"),
     # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS
@@ -67,6 +74,11 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                                          num_layers=38, caption_projection_dim=2432,
                                          qk_norm="rms_norm"),
                         pipeline="StableDiffusion3Pipeline"),
+    "flux-dev": dict(transformer=FLUX_DEV, pipeline="FluxPipeline"),
+    "tiny-flux": dict(transformer=dict(FLUX_DEV, attention_head_dim=16, axes_dims_rope=[4, 6, 6],
+                                       num_attention_heads=2, num_layers=2, num_single_layers=4,
+                                       joint_attention_dim=32, pooled_projection_dim=32,
+                                       in_channels=16), pipeline="FluxPipeline"),
     "tiny-pixart": dict(transformer=dict(PIXART_XL, num_attention_heads=2, attention_head_dim=8,
                                          num_layers=4, cross_attention_dim=16, caption_channels=32,
                                          sample_size=8), pipeline="PixArtAlphaPipeline"),
@@ -93,11 +105,16 @@ def write_config_folder(name: str, root: Path, layers: int | None = None) -> Pat
             transformer["dual_attention_layers"] = [i for i in transformer["dual_attention_layers"]
                                                     if i < layers]
     sd3 = transformer["_class_name"] == "SD3Transformer2DModel"
-    vae = dict(_VAE, latent_channels=transformer["in_channels"])
+    flux = transformer["_class_name"] == "FluxTransformer2DModel"
+    if flux and layers is not None:
+        transformer["num_single_layers"] = 2 * layers
+    vae = dict(_VAE, latent_channels=transformer["in_channels"] // (4 if flux else 1))
     if sd3:
         vae.update(scaling_factor=1.5305, shift_factor=0.0609)
+    if flux:
+        vae.update(scaling_factor=0.3611, shift_factor=0.1159)
     scheduler = (dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000,
-                      shift=3.0) if sd3 else
+                      shift=3.0, use_dynamic_shifting=flux) if sd3 or flux else
                  dict(_class_name="DPMSolverMultistepScheduler", beta_schedule="linear",
                       beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000))
     folder = root / name
@@ -111,22 +128,22 @@ def write_config_folder(name: str, root: Path, layers: int | None = None) -> Pat
     return folder
 
 
-def _backbone(folder: Path, cut: int, timestep: int):
+def _backbone(folder: Path, tap: str, timestep: int):
     from diffperception.backbones.loading import resolve_source
     from diffperception.config import BackboneConfig, FeaturesConfig, PreprocessConfig
     from diffperception.features.backbone import DiffusionBackbone
 
     source = resolve_source(folder)
     return DiffusionBackbone(BackboneConfig(repo_id=str(folder), family="dit", revision=None),
-                             FeaturesConfig(taps=[f"transformer_blocks.{cut}"], timesteps=[timestep]),
+                             FeaturesConfig(taps=[tap], timesteps=[timestep]),
                              PreprocessConfig(), source=source, load_weights=False)
 
 
-def count(folder: Path, cut: int, timestep: int) -> dict[str, Any]:
+def count(folder: Path, tap: str, timestep: int) -> dict[str, Any]:
     """FLOPs and parameters of the cut trunk and of the full transformer (batch 1, native size)."""
     from diffperception.features.cost import trunk_cost
 
-    cost = trunk_cost(_backbone(folder, cut, timestep))
+    cost = trunk_cost(_backbone(folder, tap, timestep))
     return {"size": list(cost.size), "full_params": cost.unet_params, "trunk_params": cost.trunk_params,
             "full_gflop": cost.unet_flops / 1e9, "trunk_gflop": cost.trunk_flops / 1e9,
             "vae_encoder_gflop": cost.vae_encoder_flops / 1e9,
@@ -158,7 +175,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 @torch.no_grad()
-def measure_time(folder: Path, cut: int, timestep: int, repeats: int, dtype: torch.dtype
+def measure_time(folder: Path, tap: str, timestep: int, repeats: int, dtype: torch.dtype
                  ) -> dict[str, Any]:
     """Median seconds of the full forward and of the cut trunk (same weights, same inputs)."""
     from diffperception.backbones import family_for_folder
@@ -178,7 +195,7 @@ def measure_time(folder: Path, cut: int, timestep: int, repeats: int, dtype: tor
     timesteps = torch.tensor([timestep])
     full = _median_seconds(lambda: family.forward_full(network, sample, timesteps, context, added),
                            repeats)
-    taps = resolve_taps([f"transformer_blocks.{cut}"], network, family.resolve_alias)
+    taps = resolve_taps([tap], network, family.resolve_alias)
     plan = family.plan_cut(network, [(t.path, t.kind) for t in taps])
     family.prune(network, plan)
     trunk = Trunk(network, family, taps, plan)
@@ -188,9 +205,16 @@ def measure_time(folder: Path, cut: int, timestep: int, repeats: int, dtype: tor
             "repeats": repeats}
 
 
-def _cut_index(name: str, cut: str, layers: int | None) -> int:
-    n = layers or ARCHITECTURES[name]["transformer"]["num_layers"]
-    return n // 2 - 1 if cut == "middle" else int(cut)
+def _cut_tap(name: str, cut: str, layers: int | None) -> str:
+    """The tap of block ``cut`` (or of the middle block), counting FLUX's double-stream blocks
+    then its single-stream ones as one sequence."""
+    config = ARCHITECTURES[name]["transformer"]
+    double = layers or config["num_layers"]
+    single = (2 * layers if layers else config.get("num_single_layers", 0)) if "num_single_layers" in config else 0
+    index = (double + single) // 2 - 1 if cut == "middle" else int(cut)
+    if index < double:
+        return f"transformer_blocks.{index}"
+    return f"single_transformer_blocks.{index - double}"
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -212,13 +236,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.arch:
-            cut = _cut_index(name, args.cut, args.layers)
+            tap = _cut_tap(name, args.cut, args.layers)
             folder = write_config_folder(name, Path(tmp), args.layers)
             row = {"arch": name, "layers": args.layers or ARCHITECTURES[name]["transformer"]["num_layers"],
-                   "tap": f"transformer_blocks.{cut}", "timestep": args.timestep,
-                   **count(folder, cut, args.timestep)}
+                   "tap": tap, "timestep": args.timestep, **count(folder, tap, args.timestep)}
             if args.time:
-                row.update(measure_time(folder, cut, args.timestep, args.repeats,
+                row.update(measure_time(folder, tap, args.timestep, args.repeats,
                                         getattr(torch, args.dtype)))
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -219,6 +219,11 @@ class BackboneFamily:
         return 1
 
     @classmethod
+    def latent_channels(cls, config: dict[str, Any]) -> int:
+        """Channels of the latent the network is given (before any packing into tokens)."""
+        return int(config.get("in_channels", 4))
+
+    @classmethod
     def native_latent_size(cls, config: dict[str, Any]) -> tuple[int, int]:
         """The latent size the network was trained at (``sample_size``)."""
         sample = config.get("sample_size") or 64
@@ -230,7 +235,7 @@ class BackboneFamily:
                     context_shape: tuple[int, int] | None, pooled_dim: int | None,
                     device: torch.device | str = "meta") -> tuple:
         """``(sample, timesteps, context, added)`` of batch 1 for FLOP counting / shapes."""
-        sample = torch.empty(1, int(config.get("in_channels", 4)), *latent_hw, device=device)
+        sample = torch.empty(1, cls.latent_channels(config), *latent_hw, device=device)
         timesteps = torch.zeros(1, dtype=torch.long, device=device)
         context = (torch.empty(1, *context_shape, device=device)
                    if context_shape is not None else None)

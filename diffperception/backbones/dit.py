@@ -1,4 +1,4 @@
-"""Diffusion transformers: PixArt-alpha / Sigma and SD3 / SD3.5 (``dit`` family).
+"""Diffusion transformers: PixArt-alpha / Sigma, SD3 / SD3.5 and FLUX.1 (``dit`` family).
 
 - PixArt (``PixArtTransformer2DModel``): a T5 encoder's last hidden state is the prompt (padded to
   120 tokens for PixArt-alpha, 300 for Sigma, as its pipelines do) and its attention mask is
@@ -26,8 +26,13 @@ every AdaLN modulation into constants and keeps a fixed prompt inside the networ
 cross-attention K / V; SD3: the projected text tokens, which the joint blocks update with the
 image).
 
-FLUX (``FluxTransformer2DModel``) is not run by this family; see the README section on transformer
-backbones for what it lacks.
+- FLUX.1 (``FluxTransformer2DModel``): the latent is packed into 2x2 patch tokens with image /
+  text position ids for the rotary embedding (``FluxPipeline._pack_latents`` /
+  ``_prepare_latent_image_ids``); CLIP-L's pooled output enters the time embedding with, for
+  FLUX-dev (``guidance_embeds``), the pipeline's default guidance scale 3.5; T5 gives 512 tokens;
+  19 double-stream blocks (``transformer_blocks.i``) run before 38 single-stream ones
+  (``single_transformer_blocks.j``, whose output tap is the image part of the joint sequence);
+  flow-matching noise as SD3.
 """
 
 from __future__ import annotations
@@ -49,14 +54,17 @@ from .unet import FrozenTimeProjection
 __all__ = ["DiTFamily", "DiTCutPlan", "AdaLNTap", "massive_activation_norm",
            "MASSIVE_ACTIVATION_RATIO"]
 
-_PIXART, _SD3 = "PixArtTransformer2DModel", "SD3Transformer2DModel"
-_BLOCK = re.compile(r"^transformer_blocks\.(\d+)$")
+_PIXART, _SD3, _FLUX = "PixArtTransformer2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel"
+_BLOCK = re.compile(r"^(single_)?transformer_blocks\.(\d+)$")
 #: Modules of the text stream (their token outputs are not reshaped to maps).
 _TEXT_MODULES = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "norm_added_q",
                  "norm_added_k", "caption_projection", "context_embedder")
 #: Prompt length of each PixArt pipeline (``max_sequence_length`` default).
 _PIXART_PROMPT_TOKENS = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 _SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length default
+_FLUX_T5_TOKENS = 512  # FluxPipeline's max_sequence_length default
+#: FluxPipeline's default guidance scale (FLUX-dev's time embedding takes it).
+FLUX_GUIDANCE = 3.5
 _MAX_LAYERS = 1024
 #: A channel is massive when its largest magnitude exceeds this many times the median magnitude
 #: of the block output (the criterion of Sun et al. 2024, "Massive Activations in Large Language
@@ -66,11 +74,13 @@ MASSIVE_ACTIVATION_RATIO = 100.0
 
 @dataclass(frozen=True)
 class DiTCutPlan:
-    """Where execution stops: after block ``last_block`` (-1: after the patch embedding), or
-    the whole network with its output layers (``full``)."""
+    """Where execution stops: after block ``last_block`` (-1: after the patch embedding), after
+    single-stream block ``last_single`` (FLUX; all double-stream blocks run), or the whole
+    network with its output layers (``full``)."""
 
     last_block: int
     full: bool = False
+    last_single: int = -1
 
 
 class AdaLNTap(nn.Identity):
@@ -112,8 +122,8 @@ def _block_modulation(network: nn.Module, block: nn.Module, emb: torch.Tensor, w
     if type(network).__name__ == _PIXART:
         table = block.scale_shift_table[None] + emb[:, : 6 * width].reshape(emb.shape[0], 6, -1)
         return table[:, 0], table[:, 1]  # shift_msa, scale_msa
-    norm = block.norm1
-    modulation = norm.linear(norm.silu(emb))  # (B, 6C), SD3.5 dual attention (B, 9C)
+    norm = block.norm1 if hasattr(block, "norm1") else block.norm  # FLUX single blocks: norm
+    modulation = norm.linear(norm.silu(emb))  # (B, 6C); SD3.5 dual attention 9C; FLUX single 3C
     chunks = modulation.chunk(modulation.shape[1] // width, dim=1)
     return chunks[0], chunks[1]  # shift_msa, scale_msa (AdaLayerNormZero / SD35 ...ZeroX)
 
@@ -129,9 +139,9 @@ class DiTFamily(BackboneFamily):
     """PixArt and SD3 transformers (``transformer/``) with T5 / CLIP text encoders."""
 
     component = "transformer"
-    network_classes = (_PIXART, _SD3)
+    network_classes = (_PIXART, _SD3, _FLUX)
     text_conditioned = True
-    noise_processes = ("ddpm", "flow_matching")  # PixArt: DDPM; SD3: flow matching
+    noise_processes = ("ddpm", "flow_matching")  # PixArt: DDPM; SD3, FLUX: flow matching
 
     # ------------------------------------------------------------------ config and building
 
@@ -175,7 +185,7 @@ class DiTFamily(BackboneFamily):
         Raises:
             ValueError: ``:adaln`` on a module that is not a transformer block.
         """
-        last, whole = -1, full
+        last, single, whole = -1, -1, full
         for path, kind in taps:
             parts = path.split(".")
             if kind == "adaln" and not _BLOCK.match(path):
@@ -183,9 +193,15 @@ class DiTFamily(BackboneFamily):
                                  "(e.g. 'transformer_blocks.13:adaln'), not a module inside it.")
             if parts[0] == "transformer_blocks":
                 last = max(last, int(parts[1]))
+            elif parts[0] == "single_transformer_blocks":
+                single = max(single, int(parts[1]))
             elif parts[0] in ("norm_out", "proj_out"):
                 whole = True
-        return DiTCutPlan(last_block=-1 if whole else last, full=whole)
+        if whole:
+            return DiTCutPlan(last_block=-1, full=True)
+        if single >= 0:  # every double-stream block runs before the single-stream ones
+            return DiTCutPlan(last_block=len(network.transformer_blocks) - 1, last_single=single)
+        return DiTCutPlan(last_block=last)
 
     @classmethod
     def prune(cls, network: nn.Module, plan: DiTCutPlan) -> None:
@@ -193,13 +209,16 @@ class DiTFamily(BackboneFamily):
             return
         network.transformer_blocks = nn.ModuleList(
             list(network.transformer_blocks)[: plan.last_block + 1])
+        if hasattr(network, "single_transformer_blocks"):
+            network.single_transformer_blocks = nn.ModuleList(
+                list(network.single_transformer_blocks)[: plan.last_single + 1])
         network.norm_out, network.proj_out = None, None
         if isinstance(getattr(network, "scale_shift_table", None), nn.Parameter):
             network.scale_shift_table = None  # PixArt's output modulation
 
     @classmethod
     def tap_point(cls, module: nn.Module, kind: str) -> nn.Module:
-        if kind != "adaln" or not hasattr(module, "norm1"):
+        if kind != "adaln" or not (hasattr(module, "norm1") or hasattr(module, "norm")):
             return super().tap_point(module, kind)
         if not isinstance(getattr(module, "adaln_tap", None), AdaLNTap):
             module.adaln_tap = AdaLNTap()
@@ -211,12 +230,12 @@ class DiTFamily(BackboneFamily):
         """Image tokens ``(B, N, C)`` -> maps ``(B, C, h / p, w / p)``; a joint block's image stream."""
         if isinstance(value, (tuple, list)):
             if _BLOCK.match(path) and len(value) == 2:
-                value = value[1]  # JointTransformerBlock: (text stream, image stream)
+                value = value[1]  # joint / FLUX blocks: (text stream, image stream)
             else:
                 value = next(v for v in value if v is not None)
         if kind in ("attn", "logits") or not isinstance(value, torch.Tensor) or value.ndim != 3:
             return value
-        patch = network.config.patch_size
+        patch = 2 if type(network).__name__ == _FLUX else network.config.patch_size  # FLUX packs 2x2
         gh, gw = sample.shape[-2] // patch, sample.shape[-1] // patch
         if value.shape[1] != gh * gw or cls._text_stream(network, path):
             return value
@@ -248,7 +267,13 @@ class DiTFamily(BackboneFamily):
             modulation, embedded = network.adaln_single(timesteps, extra, batch_size=n,
                                                         hidden_dtype=sample.dtype)
             return torch.cat([modulation, embedded], dim=-1)  # (N, 7C)
-        return network.time_text_embed(timesteps, grow(added["text_pooled"]).to(sample.dtype))
+        pooled = grow(added["text_pooled"]).to(sample.dtype)
+        if type(network).__name__ == _FLUX:  # the pipeline passes t / 1000; the model scales by 1000
+            timesteps = (timesteps / 1000).to(sample.dtype) * 1000
+            if network.config.guidance_embeds:
+                guidance = timesteps.new_full((n,), FLUX_GUIDANCE) * 1000
+                return network.time_text_embed(timesteps, guidance, pooled)
+        return network.time_text_embed(timesteps, pooled)
 
     @classmethod
     def prepare_context(cls, network, context, added):
@@ -256,7 +281,7 @@ class DiTFamily(BackboneFamily):
         what its -10000 mask bias does) or ``(context, mask bias)``; SD3: ``context_embedder``."""
         if context is None:
             return getattr(network, "fixed_context", None)
-        if type(network).__name__ == _SD3:
+        if type(network).__name__ != _PIXART:
             return network.context_embedder(context)
         if network.caption_projection is not None:
             context = network.caption_projection(context)  # (B, L, C)
@@ -275,7 +300,10 @@ class DiTFamily(BackboneFamily):
 
     @classmethod
     def _run(cls, network, plan: DiTCutPlan, sample, emb, context) -> None:
-        hidden = network.pos_embed(sample).contiguous()  # (N, S, C)
+        if type(network).__name__ == _FLUX:
+            hidden = network.x_embedder(_pack(sample))  # (N, S, C)
+        else:
+            hidden = network.pos_embed(sample).contiguous()  # (N, S, C)
         if plan.last_block < 0 and not plan.full:
             return
         if getattr(network, "frozen_time", None) is not None:
@@ -283,7 +311,7 @@ class DiTFamily(BackboneFamily):
         if type(network).__name__ == _PIXART:
             cls._run_pixart(network, plan, hidden, emb, context)
         else:
-            cls._run_sd3(network, plan, hidden, emb, context)
+            cls._run_joint(network, plan, sample, hidden, emb, context)
 
     @classmethod
     def _tap_adaln(cls, network, block, hidden, emb) -> None:
@@ -307,10 +335,17 @@ class DiTFamily(BackboneFamily):
             network.proj_out(hidden)
 
     @classmethod
-    def _run_sd3(cls, network, plan, hidden, emb, context) -> None:
+    def _run_joint(cls, network, plan, sample, hidden, emb, context) -> None:
+        """SD3 joint blocks; FLUX double-stream then single-stream blocks (rotary positions)."""
         context = context.expand(hidden.shape[0], *context.shape[1:])  # (N, L, C)
-        for block in network.transformer_blocks:
-            context, hidden = block(hidden_states=hidden, encoder_hidden_states=context, temb=emb)
+        extra, blocks = {}, list(network.transformer_blocks)
+        if type(network).__name__ == _FLUX:
+            ids = torch.cat([_text_ids(context), _image_ids(sample)])  # (L + S, 3)
+            extra = {"image_rotary_emb": network.pos_embed(ids)}
+            blocks += list(network.single_transformer_blocks)
+        for block in blocks:
+            context, hidden = block(hidden_states=hidden, encoder_hidden_states=context, temb=emb,
+                                    **extra)
             cls._tap_adaln(network, block, hidden, emb)
         if plan.full:
             network.proj_out(network.norm_out(hidden, emb))
@@ -326,6 +361,13 @@ class DiTFamily(BackboneFamily):
 
     @classmethod
     def _forward_full(cls, network, sample, timesteps, context, added, grow):
+        if type(network).__name__ == _FLUX:
+            guidance = (timesteps.new_full((sample.shape[0],), FLUX_GUIDANCE, dtype=sample.dtype)
+                        if network.config.guidance_embeds else None)
+            return network(hidden_states=_pack(sample), encoder_hidden_states=context,
+                           pooled_projections=grow(added["text_pooled"]),
+                           timestep=timesteps.to(sample.dtype) / 1000, img_ids=_image_ids(sample),
+                           txt_ids=_text_ids(context), guidance=guidance)
         if type(network).__name__ == _SD3:
             return network(hidden_states=sample, encoder_hidden_states=context,
                            pooled_projections=grow(added["text_pooled"]), timestep=timesteps)
@@ -346,14 +388,15 @@ class DiTFamily(BackboneFamily):
         AdaLN's ``linear(silu(temb))`` becomes a bias and ``time_text_embed`` is dropped.
         """
         from diffusers.models.normalization import (AdaLayerNormContinuous, AdaLayerNormZero,
-                                                    SD35AdaLayerNormZeroX)
+                                                    AdaLayerNormZeroSingle, SD35AdaLayerNormZeroX)
 
         if type(network).__name__ == _PIXART:
             network.frozen_time = FrozenTimeProjection(emb)  # (T, 7C)
             network.adaln_single = None
             return
         for module in network.modules():
-            if isinstance(module, (AdaLayerNormZero, SD35AdaLayerNormZeroX, AdaLayerNormContinuous)):
+            if isinstance(module, (AdaLayerNormZero, AdaLayerNormZeroSingle, SD35AdaLayerNormZeroX,
+                                   AdaLayerNormContinuous)):
                 module.linear = FrozenTimeProjection(module.linear(module.silu(emb).to(emb.dtype)))
         network.time_text_embed = None
 
@@ -371,7 +414,14 @@ class DiTFamily(BackboneFamily):
 
     @classmethod
     def size_multiple(cls, config: dict[str, Any]) -> int:
+        if config.get("_class_name") == _FLUX:
+            return 2  # latents are packed into 2x2 patches
         return int(config.get("patch_size") or 2)
+
+    @classmethod
+    def latent_channels(cls, config: dict[str, Any]) -> int:
+        channels = int(config.get("in_channels", 4))
+        return channels // 4 if config.get("_class_name") == _FLUX else channels
 
     @classmethod
     def native_latent_size(cls, config: dict[str, Any]) -> tuple[int, int]:
@@ -385,6 +435,8 @@ class DiTFamily(BackboneFamily):
         """``((L, D), P)``. PixArt: ``P = L``, the prompt's attention mask rides in the pooled
         slot (PixArt has no pooled embedding); SD3: CLIP 77 + T5 256 tokens (256 zeros without a
         T5) of ``joint_attention_dim``, ``pooled_projection_dim``."""
+        if config.get("_class_name") == _FLUX:
+            return (_FLUX_T5_TOKENS, int(config["joint_attention_dim"])), int(config["pooled_projection_dim"])
         if config.get("_class_name") == _SD3:
             length = _tokenizer_length(Path(folder) / "tokenizer", 77) + _SD3_T5_TOKENS
             return (length, int(config["joint_attention_dim"])), int(config["pooled_projection_dim"])
@@ -405,6 +457,8 @@ class DiTFamily(BackboneFamily):
         """
         if config.get("_class_name") == _SD3:
             return _encode_sd3(texts, encoders, tokenizers, config)
+        if config.get("_class_name") == _FLUX:
+            return _encode_flux(texts, encoders, tokenizers)
         tok, encoder = tokenizers["text_encoder"], encoders["text_encoder"]
         batch = tok(texts, padding="max_length", max_length=int(config.get("_max_sequence_length", 120)),
                     truncation=True, add_special_tokens=True, return_tensors="pt")
@@ -448,6 +502,38 @@ def _buffers_on(network: nn.Module, device: torch.device):
     finally:
         for module, name, buffer in moved:
             module._buffers[name] = buffer
+
+
+def _pack(latent: torch.Tensor) -> torch.Tensor:
+    """``(N, C, h, w)`` -> FLUX's 2x2 patch tokens ``(N, h/2 * w/2, 4C)`` (``FluxPipeline._pack_latents``)."""
+    n, c, h, w = latent.shape
+    patches = latent.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(n, (h // 2) * (w // 2), c * 4)
+
+
+def _image_ids(latent: torch.Tensor) -> torch.Tensor:
+    """FLUX's image position ids ``(h/2 * w/2, 3)``: (0, row, column) of each patch token."""
+    h, w = latent.shape[-2] // 2, latent.shape[-1] // 2
+    rows = torch.arange(h, device=latent.device)[:, None].expand(h, w)
+    cols = torch.arange(w, device=latent.device)[None, :].expand(h, w)
+    ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1)  # (h, w, 3)
+    return ids.reshape(h * w, 3).to(latent.dtype)
+
+
+def _text_ids(context: torch.Tensor) -> torch.Tensor:
+    return context.new_zeros(context.shape[1], 3)  # (L, 3): text tokens sit at position 0
+
+
+def _encode_flux(texts, encoders, tokenizers):
+    """CLIP-L pooled output + T5 states, as ``FluxPipeline.encode_prompt``."""
+    clip, tok = encoders["text_encoder"], tokenizers["text_encoder"]
+    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(clip.device)
+    pooled = clip(ids, output_hidden_states=False).pooler_output  # (B, 768)
+    t5, tok = encoders["text_encoder_2"], tokenizers["text_encoder_2"]
+    ids = tok(texts, padding="max_length", max_length=_FLUX_T5_TOKENS, truncation=True,
+              return_tensors="pt").input_ids.to(t5.device)
+    return t5(ids, output_hidden_states=False)[0].to(pooled.dtype), pooled  # (B, 512, 4096)
 
 
 def _tokenizer_length(folder: Path, default: int) -> int:

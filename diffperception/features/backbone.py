@@ -363,7 +363,7 @@ class DiffusionBackbone(nn.Module):
     @property
     def vae_latent_channels(self) -> int:
         """Channels of the VAE latent (the network's input channels)."""
-        return int(self.network_config.get("in_channels", 4))
+        return self.family.latent_channels(self.network_config)
 
     def check_timesteps(self, timesteps: Sequence[int]) -> list[int]:
         """The timesteps, checked against the scheduler's range.

@@ -185,7 +185,7 @@ def specialize_backbone(backbone, *, size: tuple[int, int] | None = None,
     network = _copy_network(backbone)
     trunk = Trunk(network, family, backbone.trunk.taps, backbone.trunk.plan)
     latent_hw = (size[0] // backbone.vae_factor, size[1] // backbone.vae_factor)
-    channels = int(backbone.network_config["in_channels"])
+    channels = family.latent_channels(backbone.network_config)
     probe = torch.zeros(T, channels, *latent_hw, device=device, dtype=dtype)
     context, added = backbone.conditioning(None, 1, size, T)  # (1, L, D), batch-1 conditions
     emb = backbone.trunk.embed(probe, t_index, context, added)  # (T, D)

@@ -20,3 +20,10 @@ def dit_pipes(dit_repos):
     from testing_utils import tiny_dit
 
     return {kind: tiny_dit.reference_pipeline(folder) for kind, folder in dit_repos.items()}
+
+
+@pytest.fixture(scope="session")
+def flux_repo(tmp_path_factory):
+    from testing_utils import tiny_dit
+
+    return tiny_dit.make_flux(tmp_path_factory.mktemp("flux") / "flux")

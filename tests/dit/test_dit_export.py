@@ -12,15 +12,17 @@ from diffperception.export import to_onnx
 
 SIZE = (64, 48)
 TAPS = {"pixart": ["transformer_blocks.1", "transformer_blocks.0.attn2.to_q", "transformer_blocks.1.attn1:attn"],
-        "sd3": ["transformer_blocks.1", "transformer_blocks.1:adaln", "transformer_blocks.0.attn:attn"]}
+        "sd3": ["transformer_blocks.1", "transformer_blocks.1:adaln", "transformer_blocks.0.attn:attn"],
+        "flux": ["single_transformer_blocks.0", "transformer_blocks.0.attn:attn"]}
 
 
-@pytest.mark.parametrize("kind", ["pixart", "sd3"])
-def test_onnx_export_matches_eager(dit_repos, kind, tmp_path):
+@pytest.mark.parametrize("kind", ["pixart", "sd3", pytest.param("flux", marks=pytest.mark.slow)])
+def test_onnx_export_matches_eager(dit_repos, kind, tmp_path, request):
     import onnxruntime as ort
 
+    folder = request.getfixturevalue("flux_repo") if kind == "flux" else dit_repos[kind]
     model = DiffusionPerceptionForFeatureExtraction.from_diffusers(
-        dit_repos[kind], taps=TAPS[kind], timesteps=[261], prompt="a red cat", size=SIZE)
+        folder, taps=TAPS[kind], timesteps=[261], prompt="a red cat", size=SIZE)
     result = to_onnx(model, tmp_path / "model.onnx")
     assert result.parity and all(v["max_abs"] <= v["tolerance"] for v in result.parity.values())
     images = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(3))

@@ -104,3 +104,35 @@ def reference_pipeline(folder: Path):
 
     name = __import__("json").loads((Path(folder) / "model_index.json").read_text())["_class_name"]
     return getattr(diffusers, name).from_pretrained(str(folder))
+
+
+# FLUX-dev-like: guidance embedding, 1 double-stream and 2 single-stream blocks
+FLUX = dict(
+    patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+    num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)
+
+
+def make_flux(folder: Path) -> Path:
+    """Saves a tiny FLUX folder (64 px images, 8x8 latents of 4 channels packed into 4x4 tokens)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    from diffperception.diffusers_folder import DiffusersFolderWriter, save_char_tokenizer
+
+    folder = Path(folder)
+    writer = DiffusersFolderWriter(folder, "FluxPipeline")
+    torch.manual_seed(0)
+    writer.add("transformer", FluxTransformer2DModel(**FLUX))
+    torch.manual_seed(1)
+    writer.add("vae", AutoencoderKL(**TINY_VAE, scaling_factor=0.3611, shift_factor=0.1159))
+    writer.add("scheduler", FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True))
+    writer.add("tokenizer", save_char_tokenizer(folder / "tokenizer", max_length=16), save=False)
+    torch.manual_seed(2)
+    writer.add("text_encoder", CLIPTextModel(_text_config(folder / "tokenizer", hidden=32)))
+    tokenizer = save_t5_tokenizer(folder / "tokenizer_2")
+    writer.add("tokenizer_2", tokenizer, save=False)
+    torch.manual_seed(3)
+    writer.add("text_encoder_2", _t5(tokenizer, FLUX["joint_attention_dim"]))
+    return writer.write_index(image_encoder=[None, None], feature_extractor=[None, None])
