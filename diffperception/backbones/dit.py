@@ -159,13 +159,14 @@ class DiTFamily(BackboneFamily):
         """Rejects transformer variants whose forward the trunk does not reproduce.
 
         Raises:
-            ValueError: An unreasonable ``num_layers``; a PixArt attention type other than
-                ``default``.
+            ValueError: An unreasonable ``num_layers`` / ``num_single_layers``; a PixArt attention
+                type other than ``default``.
         """
-        layers = config.get("num_layers")
-        if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= _MAX_LAYERS:
-            raise ValueError(f"transformer/config.json: num_layers = {layers!r} is invalid: an "
-                             f"integer from 1 to {_MAX_LAYERS}.")
+        for key in ("num_layers", "num_single_layers"):
+            layers = config.get(key, 1 if key == "num_single_layers" else None)
+            if isinstance(layers, bool) or not isinstance(layers, int) or not 0 <= layers <= _MAX_LAYERS:
+                raise ValueError(f"transformer/config.json: {key} = {layers!r} is invalid: an "
+                                 f"integer from 0 to {_MAX_LAYERS}.")
         if config.get("_class_name") == _PIXART and config.get("attention_type", "default") != "default":
             raise ValueError(f"transformer/config.json: attention_type = "
                              f"{config['attention_type']!r} is not supported; only 'default'.")
