@@ -209,3 +209,45 @@ def test_adaln_tap_on_a_unet_is_a_clear_error(tiny_repos):
 def test_adaln_inside_a_block_is_a_clear_error(dit_repos):
     with pytest.raises(ValueError, match="transformer block"):
         DiffusionBackbone.from_diffusers(dit_repos["sd3"], taps=["transformer_blocks.0.attn:adaln"])
+
+
+def test_pixart_resolution_conditions_as_at_1024_px(tmp_path):
+    """PixArt-alpha 1024 adds the image's resolution and aspect ratio to the time embedding."""
+    from diffusers import AutoencoderKL, DDPMScheduler, PixArtTransformer2DModel
+
+    from diffperception.diffusers_folder import DiffusersFolderWriter
+    from testing_utils import tiny_dit
+
+    folder = tmp_path / "pixart_1024"
+    writer = DiffusersFolderWriter(folder, "PixArtAlphaPipeline")
+    torch.manual_seed(0)
+    config = dict(tiny_dit.PIXART, num_attention_heads=3, cross_attention_dim=24)  # width 24: /3 for the size embedding
+    transformer = PixArtTransformer2DModel(**config, use_additional_conditions=True)
+    writer.add("transformer", transformer)
+    writer.add("vae", AutoencoderKL(**tiny_dit.TINY_VAE))
+    writer.add("scheduler", DDPMScheduler(beta_schedule="linear"))
+    tokenizer = tiny_dit.save_t5_tokenizer(folder / "tokenizer")
+    writer.add("tokenizer", tokenizer, save=False)
+    writer.add("text_encoder", tiny_dit._t5(tokenizer, 32))
+    writer.write_index()
+    backbone = DiffusionBackbone.from_diffusers(folder, taps=["transformer_blocks.0.attn1.to_q", "transformer_blocks.1"],
+                                                timesteps=[261], noise="none")
+    context = torch.randn(1, 120, 32, generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(1, 120)
+    mask[:, 9:] = 0
+    backbone.prompt.context.copy_(context)  # a prompt of 9 tokens
+    backbone.prompt.pooled.copy_(mask)
+    latent = torch.randn(2, 4, 8, 6, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        z, t = backbone.noisy_latents(latent)
+        ctx, added = backbone.conditioning(None, 2, SIZE, 2)
+        feats = backbone.trunk(z, t, ctx, added)
+        store, handles = _hooks(transformer, ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1"])
+        transformer(latent, encoder_hidden_states=context.expand(2, -1, -1), encoder_attention_mask=mask.expand(2, -1),
+                    timestep=torch.tensor([261, 261]),
+                    added_cond_kwargs={"resolution": torch.tensor([[64.0, 48.0]] * 2),
+                                       "aspect_ratio": torch.tensor([[64 / 48]] * 2)})
+    for handle in handles:
+        handle.remove()
+    for name in store:
+        torch.testing.assert_close(feats[name], _map(store[name]), atol=2e-5, rtol=1e-4, msg=name)
