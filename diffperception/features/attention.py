@@ -19,7 +19,8 @@ module runs, ``torch.nn.functional.scaled_dot_product_attention`` (what those pr
 dispatch's native backend call) is computed explicitly, and the scores / probabilities pass
 through ``logits_tap`` / ``probs_tap`` with the shape the processor gives SDPA: ``(B, heads, Q, K)``
 over the joint token sequence in the processor's order (SD3: image then text; FLUX: text then
-image). Under that wrapper the native backend is selected for the call.
+image). Under that wrapper the native backend is selected for the call. The swap is process-wide
+for the duration of the module's call, so two threads must not run tapped attention at once.
 """
 
 from __future__ import annotations
