@@ -9,7 +9,9 @@
   retrieval and open-vocabulary segmentation (``data.standins``);
 - a folder in ``imagefolder`` layout (``<root>/<split>/<class>/<image>`` or ``<root>/<class>/...``);
 - a dataset saved with ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` that has image and
-  label columns.
+  label columns;
+- a few-shot data set in CoOp's layout (a folder with ``split_zhou_<Name>.json``;
+  ``data.fewshot_splits``).
 
 ``few_shot`` and ``label_fraction`` take seeded, class-balanced subsets (k images per class; 1% /
 10% of the labels). ``TransformedImages`` and ``collate_images`` (``data.transforms``) turn a split
@@ -81,6 +83,10 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train") -> Any:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; pass 'digits', an image folder "
                                 "(<root>/<class>/<image>) or a folder written by save_to_disk.")
+    from .fewshot_splits import find_coop_split_file, load_coop_split
+
+    if find_coop_split_file(root) is not None:
+        return load_coop_split(root, split)
     if (root / "dataset_dict.json").is_file() or (root / "dataset_info.json").is_file():
         loaded = datasets.load_from_disk(str(root))
         if isinstance(loaded, datasets.DatasetDict):
