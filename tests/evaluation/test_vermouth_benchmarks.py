@@ -215,3 +215,20 @@ def test_coop_fewshot_top1_equals_the_models_argmax(tmp_path):
         head={"type": "linear", "pool": 1}, labels=["cat", "dog"])
     with pytest.raises(ValueError, match="not among the model's labels"):
         get_benchmark("coop-fewshot").run(wrong, root, "test", progress=False)
+
+
+def test_retrieval_against_baselines_runs_each_feature_kind(sketch_test):
+    from diffperception.default_model import DEFAULT_MODEL_PATH
+    from diffperception.evaluation.sbir import retrieval_against_baselines
+
+    small = sketch_test.select(range(20))
+    out = retrieval_against_baselines(DEFAULT_MODEL_PATH, small, taps=["mid_block"],
+                                      timesteps=[50], progress=False)
+    extractor = DiffusionPerceptionForFeatureExtraction.from_diffusers(
+        "diffperception:default", taps=["mid_block"], timesteps=[50], noise="fixed", seed=0,
+        prompt="").eval()
+    trained = evaluate_retrieval(PooledFeatureEmbedder(extractor), small, progress=False)
+    pixels = evaluate_retrieval(PixelEmbedder(32), small, progress=False)
+    assert out["trained"][50] == pytest.approx(trained["metrics"])
+    assert out["pixels"] == pytest.approx(pixels["metrics"])
+    assert out["random"][50] != out["trained"][50]
