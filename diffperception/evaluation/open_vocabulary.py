@@ -99,10 +99,6 @@ class DigitsCanvas(Benchmark):
     task_type = "image-segmentation"
     description = "offline open-vocabulary segmentation stand-in: mIoU on seen / unseen digits"
 
-    @classmethod
-    def add_arguments(cls, parser: Any) -> None:
-        parser.add_argument("--limit", type=int, default=None, help="the first N canvases")
-
     def run(self, model: Any, data: str | os.PathLike, split: str, *, batch_size: int = 16,
             seed: int = 0, progress: bool = True, limit: int | None = None,
             **options: Any) -> BenchmarkResult:

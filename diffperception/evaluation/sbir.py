@@ -222,11 +222,6 @@ class SBIRBenchmark(Benchmark):
     task_type = "image-retrieval"
     conventional: ClassVar[dict[str, list[str]]] = {}
 
-    @classmethod
-    def add_arguments(cls, parser: Any) -> None:
-        parser.add_argument("--limit", type=int, default=None,
-                            help="at most N sketches and N photos (class-balanced, seeded)")
-
     def load(self, data: str | os.PathLike, split: str) -> Any:
         raise NotImplementedError
 
