@@ -33,18 +33,23 @@ def adopt_labels(model: Any, names: Sequence[str]) -> bool:
         ``names``.
 
     Raises:
-        ValueError: The labels differ and the model has no ``set_labels`` (closed vocabulary).
+        ValueError: The labels differ and the model cannot take new ones (no ``set_labels``, or
+            one that refuses with a ``TypeError``: a classifier trained per class).
     """
     names = list(names)
     current = list(getattr(model.config, "labels", None) or [])
     if current == names:
         return False
+    message = (f"The model's labels {current} are not the split's classes {names}, and it "
+               "cannot take new ones: evaluate an open-vocabulary model (a text classifier), "
+               "or one trained with these labels.")
     set_labels = getattr(model, "set_labels", None)
     if set_labels is None:
-        raise ValueError(f"The model's labels {current} are not the split's classes {names}, "
-                         "and it cannot take new ones (no set_labels): evaluate an "
-                         "open-vocabulary model, or one trained with these labels.")
-    set_labels(names)
+        raise ValueError(message)
+    try:
+        set_labels(names)
+    except TypeError as err:
+        raise ValueError(f"{message} ({err})") from err
     return True
 
 
@@ -73,6 +78,8 @@ def evaluate_segmentation(model: Any, dataset: Any, *, num_classes: int, ignore_
     from tqdm import tqdm
 
     meter = SegmentationMeter(num_classes, ignore_index=ignore_index, subsets=subsets)
+    if hasattr(model, "eval"):
+        model.eval()
     total = -(-len(dataset) // batch_size)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -160,7 +167,9 @@ class CoOpFewShot(Benchmark):
             raise ValueError(f"{self.name} takes no options, got {sorted(options)}.")
         dataset = load_coop_split(data, split)
         names = list(dataset.features["label"].names)
-        changed = adopt_labels(model, names) if getattr(model, "set_labels", None) else False
+        known = set(getattr(model.config, "labels", None) or [])
+        # a classifier that knows every class is scored by name; others take the names
+        changed = False if set(names) <= known else adopt_labels(model, names)
         result = evaluate_classifier(model, dataset, batch_size=batch_size, seed=seed,
                                      progress=progress)
         return BenchmarkResult(

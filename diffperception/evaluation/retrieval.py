@@ -89,7 +89,7 @@ def tie_free_ranks(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``G`` for the best item down to ``1`` for the last: the same order without ties and
         with every score positive.
     """
-    order = torch.sort(-scores.double(), dim=1, stable=True).indices  # (Q, G)
+    order = torch.sort(-scores, dim=1, stable=True).indices  # (Q, G); negation is exact
     g = scores.shape[1]
     ranks = torch.arange(g, 0, -1, dtype=torch.float64).expand_as(order)  # (Q, G)
     return order, torch.empty_like(ranks).scatter_(1, order, ranks)
@@ -140,13 +140,17 @@ def average_precision(scores: Any, relevant: Any, *, top_k: int | None = None,
         raise ValueError(f"interpolation = {interpolation!r} is invalid: one of {INTERPOLATIONS}.")
     top_k = _check_k(top_k, "top_k")
     scores, relevant = _check_pair(scores, relevant)
-    order, rank_scores = tie_free_ranks(scores)
+    return _average_precision(*tie_free_ranks(scores), relevant, top_k, interpolation)
+
+
+def _average_precision(order: torch.Tensor, rank_scores: torch.Tensor, relevant: torch.Tensor,
+                       top_k: int | None, interpolation: str) -> torch.Tensor:
     if interpolation == "voc":
         return _voc_average_precision(order, relevant, top_k)
     from torchmetrics.functional.retrieval import retrieval_average_precision
 
     return torch.stack([retrieval_average_precision(rank_scores[q], relevant[q], top_k=top_k)
-                        for q in range(len(scores))]).double()
+                        for q in range(len(rank_scores))]).double()
 
 
 def precision_at_k(scores: Any, relevant: Any, k: int) -> torch.Tensor:
@@ -166,15 +170,18 @@ def precision_at_k(scores: Any, relevant: Any, k: int) -> torch.Tensor:
     Raises:
         TypeError, ValueError: As for :func:`average_precision`.
     """
-    from torchmetrics.functional.retrieval import retrieval_precision
-
     k = _check_k(k, "k")
     if k is None:
         raise ValueError("k = None is invalid for P@K: a positive integer.")
     scores, relevant = _check_pair(scores, relevant)
-    _, rank_scores = tie_free_ranks(scores)
+    return _precision_at_k(tie_free_ranks(scores)[1], relevant, k)
+
+
+def _precision_at_k(rank_scores: torch.Tensor, relevant: torch.Tensor, k: int) -> torch.Tensor:
+    from torchmetrics.functional.retrieval import retrieval_precision
+
     return torch.stack([retrieval_precision(rank_scores[q], relevant[q], top_k=k)
-                        for q in range(len(scores))]).double()
+                        for q in range(len(rank_scores))]).double()
 
 
 def class_mean(values: Any, labels: Any) -> float:
@@ -263,13 +270,14 @@ def retrieval_metrics(query_embeddings: Any, query_labels: Any, gallery_embeddin
     for start in range(0, len(queries), chunk_size):
         scores = queries[start:start + chunk_size] @ gallery.T  # (q, G)
         relevant = q_labels[start:start + chunk_size, None] == g_labels[None, :]  # (q, G)
+        order, rank_scores = tie_free_ranks(scores)  # one sort serves every metric
         for k in map_at:
             per_query.setdefault(f"map@{_name(k)}", []).append(
-                average_precision(scores, relevant, top_k=k))
+                _average_precision(order, rank_scores, relevant, k, "none"))
             per_query.setdefault(f"map@{_name(k)}_class_voc", []).append(
-                average_precision(scores, relevant, top_k=k, interpolation="voc"))
+                _average_precision(order, rank_scores, relevant, k, "voc"))
         for k in precision_at:
-            per_query.setdefault(f"p@{k}", []).append(precision_at_k(scores, relevant, k))
+            per_query.setdefault(f"p@{k}", []).append(_precision_at_k(rank_scores, relevant, k))
     metrics = {}
     for key, chunks in per_query.items():
         values = torch.cat(chunks)

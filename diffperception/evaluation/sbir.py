@@ -121,6 +121,8 @@ def embed_dataset(model: Any, dataset: Any, *, batch_size: int = 32, progress: b
     """
     from tqdm import tqdm
 
+    if hasattr(model, "eval"):
+        model.eval()
     chunks, labels = [], []
     total = -(-len(dataset) // batch_size)
     for images, batch_labels in tqdm(image_batches(dataset, batch_size), total=total, desc=desc,

@@ -183,6 +183,13 @@ def test_labels_are_handed_to_open_vocabulary_models_only():
     assert adopt_labels(model, ["x", "y", "z"]) and model.config.labels == ["x", "y", "z"]
     assert not adopt_labels(model, ["x", "y", "z"])
 
+    class TrainedPerClass(OpenVocabulary):
+        def set_labels(self, names):
+            raise TypeError("the linear head is trained per class")
+
+    with pytest.raises(ValueError, match="trained per class"):
+        adopt_labels(TrainedPerClass(), ["p", "q"])
+
 
 def test_coop_fewshot_top1_equals_the_models_argmax(tmp_path):
     names = ["cat", "dog", "fox"]
@@ -213,7 +220,7 @@ def test_coop_fewshot_top1_equals_the_models_argmax(tmp_path):
     wrong = DiffusionPerceptionForImageClassification.from_diffusers(
         "diffperception:default", taps=["mid_block"], timesteps=[50],
         head={"type": "linear", "pool": 1}, labels=["cat", "dog"])
-    with pytest.raises(ValueError, match="not among the model's labels"):
+    with pytest.raises(ValueError, match="cannot take new ones"):
         get_benchmark("coop-fewshot").run(wrong, root, "test", progress=False)
 
 
