@@ -28,7 +28,8 @@ loadable by name through ``diffperception.data.load_image_dataset``.
   shipped model was trained at) with 2-4 digits, each bicubically resized from 8x8 to a random
   20-32 px and placed at a random position in its own cell of a 2 x 2 grid (no overlap), white
   on black;
-- per-pixel label (``label``, (64, 64) int64): ``1 + digit`` where the digit's intensity is
+- per-pixel label (``mask``, (64, 64) int64, the column the segmentation training reads):
+  ``1 + digit`` where the digit's intensity is
   above 0.5, else 0 = background; class names ``["background", "zero", ..., "nine"]``;
 - ``train``: 400 canvases of classes 0-6 from the train part (label names: background + the
   seven seen digits); ``test``: 200 canvases of all ten classes from the test part (names:
@@ -253,7 +254,7 @@ def digits_canvas(split: str = "train", *, seed: int = 0, count: int | None = No
         count: Number of canvases (default 400 train, 200 test).
 
     Returns:
-        A ``datasets.Dataset`` with ``image`` (3, 64, 64) float32 and ``label`` (64, 64) int64
+        A ``datasets.Dataset`` with ``image`` (3, 64, 64) float32 and ``mask`` (64, 64) int64
         columns; :func:`segmentation_info` gives its class names and subsets.
 
     Raises:
@@ -285,9 +286,9 @@ def digits_canvas(split: str = "train", *, seed: int = 0, count: int | None = No
                             tuple(1 + c for c in classes if c in UNSEEN_DIGITS))
     features = datasets.Features({
         "image": datasets.Array3D(shape=(3, _CANVAS, _CANVAS), dtype="float32"),
-        "label": datasets.Array2D(shape=(_CANVAS, _CANVAS), dtype="int64"),
+        "mask": datasets.Array2D(shape=(_CANVAS, _CANVAS), dtype="int64"),
     })
-    return datasets.Dataset.from_dict({"image": np.stack(images), "label": np.stack(labels)},
+    return datasets.Dataset.from_dict({"image": np.stack(images), "mask": np.stack(labels)},
                                       features=features,
                                       info=datasets.DatasetInfo(description=info.to_json(),
                                                                 features=features))

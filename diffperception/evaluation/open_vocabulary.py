@@ -61,7 +61,7 @@ def evaluate_segmentation(model: Any, dataset: Any, *, num_classes: int, ignore_
 
     Args:
         model: ``model(images).logits`` is ``(B, K, H, W)`` at the masks' size.
-        dataset: ``image`` and ``label`` (``(H, W)`` class indices) columns.
+        dataset: ``image`` and ``mask`` (``(H, W)`` class indices) columns.
         num_classes: ``K``.
         ignore_index: Mask value left out.
         subsets: ``{name: class indices}`` for ``miou_<name>`` (``seen`` / ``unseen`` add hIoU).
@@ -80,6 +80,10 @@ def evaluate_segmentation(model: Any, dataset: Any, *, num_classes: int, ignore_
     meter = SegmentationMeter(num_classes, ignore_index=ignore_index, subsets=subsets)
     if hasattr(model, "eval"):
         model.eval()
+    if "mask" not in dataset.column_names:
+        raise ValueError(f"A segmentation split needs 'image' and 'mask' columns; it has "
+                         f"{dataset.column_names}.")
+    dataset = dataset.select_columns(["image", "mask"]).rename_column("mask", "label")
     total = -(-len(dataset) // batch_size)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

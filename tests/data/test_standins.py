@@ -75,9 +75,9 @@ def test_stand_ins_are_deterministic_and_seeded():
     np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
     assert a["domain"] != digits_sketch("test", seed=1)["domain"]
     c1, c2 = digits_canvas("test", count=5), digits_canvas("test", count=5)
-    np.testing.assert_array_equal(np.asarray(c1["label"]), np.asarray(c2["label"]))
-    assert not np.array_equal(np.asarray(c1["label"]),
-                              np.asarray(digits_canvas("test", count=5, seed=1)["label"]))
+    np.testing.assert_array_equal(np.asarray(c1["mask"]), np.asarray(c2["mask"]))
+    assert not np.array_equal(np.asarray(c1["mask"]),
+                              np.asarray(digits_canvas("test", count=5, seed=1)["mask"]))
 
 
 def test_canvas_labels_match_pixels_and_unseen_classes_are_test_only(tmp_path):
@@ -88,14 +88,14 @@ def test_canvas_labels_match_pixels_and_unseen_classes_are_test_only(tmp_path):
     assert info_test.unseen == (8, 9, 10) and info_train.unseen == ()
     for split, info in ((train, info_train), (test, info_test)):
         images = np.asarray(split["image"], dtype=np.float32)  # (N, 3, 64, 64)
-        labels = np.asarray(split["label"])  # (N, 64, 64)
+        labels = np.asarray(split["mask"])  # (N, 64, 64)
         assert images.shape[1:] == (3, 64, 64) and labels.shape[1:] == (64, 64)
         np.testing.assert_array_equal(labels > 0, images[:, 0] > 0.5)
         assert labels.max() < len(info.labels)
         for mask in labels[:20]:
             assert 1 <= len(np.unique(mask[mask > 0])) <= 4
-    assert np.isin(np.asarray(test["label"]), [8, 9, 10]).any()
-    assert not np.isin(np.asarray(train["label"]), [8, 9, 10]).any()
+    assert np.isin(np.asarray(test["mask"]), [8, 9, 10]).any()
+    assert not np.isin(np.asarray(train["mask"]), [8, 9, 10]).any()
     import datasets
 
     test.save_to_disk(str(tmp_path / "canvas"))  # the class list travels with the data

@@ -153,7 +153,7 @@ def test_digits_canvas_through_the_cli(tmp_path):
                  "--no-progress", "--no-card"]) == 0
     written = json.loads((folder / "eval_digits-canvas_test.json").read_text())
     images = torch.from_numpy(np.asarray(test["image"], dtype=np.float32))
-    masks = np.asarray(test["label"])
+    masks = np.asarray(test["mask"])
     with torch.no_grad():
         preds = model(images).logits.argmax(1).numpy()
     iou = _iou_by_hand(preds, masks, len(info.labels))
