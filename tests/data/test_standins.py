@@ -3,23 +3,27 @@ sketches drawn from the digit's shape, canvases whose labels match their pixels.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
-pytest.importorskip("skimage")
-
-from diffperception.data import class_names, load_image_dataset  # noqa: E402
-from diffperception.data.standins import (  # noqa: E402
+from diffperception.data import class_names, load_image_dataset
+from diffperception.data.standins import (
     digits_canvas,
     digits_sketch,
     render_sketches,
     segmentation_info,
 )
-from diffperception.default_model import load_digits_split  # noqa: E402
+from diffperception.default_model import load_digits_split
+
+needs_skimage = pytest.mark.skipif(importlib.util.find_spec("skimage") is None,
+                                   reason="the sketches are drawn with scikit-image")
 
 
 @pytest.fixture(scope="module")
 def sketch_test():
+    pytest.importorskip("skimage")
     return load_image_dataset("digits-sketch", "test")
 
 
@@ -52,6 +56,7 @@ def test_photos_are_the_shipped_models_held_out_digits(sketch_test):
     assert np.all(sketches.min(axis=(1, 2, 3)) < 0.5)  # every sketch has ink
 
 
+@needs_skimage
 def test_a_bar_is_drawn_as_a_line_along_its_middle():
     bar = np.zeros((1, 8, 8))
     bar[0, 1:7, 3:5] = 16  # a vertical bar, columns 3 and 4 (centre at 4 of 8 -> 16 of 32)
@@ -70,6 +75,7 @@ def test_a_bar_is_drawn_as_a_line_along_its_middle():
         render_sketches(bar, "charcoal")
 
 
+@needs_skimage
 def test_stand_ins_are_deterministic_and_seeded():
     a, b = digits_sketch("test"), digits_sketch("test")
     np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))

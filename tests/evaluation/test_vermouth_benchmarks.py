@@ -29,8 +29,6 @@ from diffperception.evaluation.sbir import (
     evaluate_retrieval,
 )
 
-pytest.importorskip("skimage")
-
 
 def test_benchmarks_are_registered():
     assert {"sketchy", "tuberlin", "quickdraw", "digits-sketch", "digits-canvas",
@@ -39,6 +37,7 @@ def test_benchmarks_are_registered():
 
 @pytest.fixture(scope="module")
 def sketch_test():
+    pytest.importorskip("skimage")
     from diffperception.data import load_image_dataset
 
     return load_image_dataset("digits-sketch", "test")
