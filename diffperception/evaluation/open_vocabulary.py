@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .benchmarks import Benchmark, BenchmarkResult, register_benchmark
