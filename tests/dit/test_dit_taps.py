@@ -94,3 +94,14 @@ def test_sd3_adaln_tap_equals_the_hand_computation_specialised_too(dit_repos, di
     # block 0 is a dual-attention (SD3.5) block: its AdaLN has 9 chunks, the first two are used
     torch.testing.assert_close(special["transformer_blocks.0:adaln"], out["transformer_blocks.0:adaln"],
                                atol=2e-5, rtol=1e-4)
+
+
+def test_joint_attention_logits_are_the_scores_behind_the_probabilities(dit_repos):
+    taps = ["transformer_blocks.0.attn:logits", "transformer_blocks.0.attn:attn", "transformer_blocks.0.attn2:attn"]
+    backbone = DiffusionBackbone.from_diffusers(dit_repos["sd3"], taps=taps, timesteps=[250])
+    with torch.no_grad():
+        out = backbone(_images())
+    logits, probs = out[taps[0]], out[taps[1]]
+    assert logits.shape == probs.shape == (2, 2, 12 + 16 + 256, 12 + 16 + 256)  # [image, text] tokens
+    torch.testing.assert_close(logits.softmax(dim=-1), probs)
+    assert out[taps[2]].shape == (2, 2, 12, 12)  # SD3.5's second attention: image tokens only
