@@ -59,6 +59,8 @@ _BLOCK = re.compile(r"^(single_)?transformer_blocks\.(\d+)$")
 #: Modules of the text stream (their token outputs are not reshaped to maps).
 _TEXT_MODULES = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "norm_added_q",
                  "norm_added_k", "caption_projection", "context_embedder")
+#: Per-head q / k norms: their outputs are ``(B, heads, S, d)`` (SD3) or ``(B, S, heads, d)`` (FLUX).
+_QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
 #: Prompt length of each PixArt pipeline (``max_sequence_length`` default).
 _PIXART_PROMPT_TOKENS = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 _SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length default
@@ -234,7 +236,11 @@ class DiTFamily(BackboneFamily):
                 value = value[1]  # joint / FLUX blocks: (text stream, image stream)
             else:
                 value = next(v for v in value if v is not None)
-        if kind in ("attn", "logits") or not isinstance(value, torch.Tensor) or value.ndim != 3:
+        if kind in ("attn", "logits") or not isinstance(value, torch.Tensor):
+            return value
+        if value.ndim == 4 and path.rsplit(".", 1)[-1] in _QK_NORMS:
+            value = _heads_to_tokens(network, path, value)  # (B, S, heads * d)
+        if value.ndim != 3:
             return value
         patch = 2 if type(network).__name__ == _FLUX else network.config.patch_size  # FLUX packs 2x2
         gh, gw = sample.shape[-2] // patch, sample.shape[-1] // patch
@@ -398,7 +404,9 @@ class DiTFamily(BackboneFamily):
         for module in network.modules():
             if isinstance(module, (AdaLayerNormZero, AdaLayerNormZeroSingle, SD35AdaLayerNormZeroX,
                                    AdaLayerNormContinuous)):
-                module.linear = FrozenTimeProjection(module.linear(module.silu(emb).to(emb.dtype)))
+                activated = module.silu(emb).to(emb.dtype)
+                module.linear = FrozenTimeProjection(module.linear(activated))
+                module.silu = FrozenTimeProjection(activated)  # its taps keep their values
         network.time_text_embed = None
 
     @classmethod
@@ -503,6 +511,14 @@ def _buffers_on(network: nn.Module, device: torch.device):
     finally:
         for module, name, buffer in moved:
             module._buffers[name] = buffer
+
+
+def _heads_to_tokens(network: nn.Module, path: str, value: torch.Tensor) -> torch.Tensor:
+    """A q / k norm output as tokens ``(B, S, heads * d)``."""
+    heads = network.get_submodule(path.rsplit(".", 1)[0]).heads
+    if value.shape[1] == heads and value.shape[2] != heads:  # (B, heads, S, d): SD3's processor
+        value = value.transpose(1, 2)
+    return value.flatten(2)
 
 
 def _pack(latent: torch.Tensor) -> torch.Tensor:

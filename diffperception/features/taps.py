@@ -138,6 +138,13 @@ def resolve_taps(names: list[str], network: nn.Module,
     return taps
 
 
+def _is_adaln_block(module: nn.Module) -> bool:
+    """A transformer block modulated by AdaLN (PixArt, SD3 / SD3.5, FLUX): ``:adaln`` applies."""
+    norm = getattr(module, "norm1", None) or getattr(module, "norm", None)
+    return (type(norm).__name__.startswith(("AdaLayerNormZero", "SD35AdaLayerNormZero"))
+            or getattr(module, "norm_type", None) == "ada_norm_single")
+
+
 def _is_container(module: nn.Module) -> bool:
     return isinstance(module, (nn.ModuleList, nn.ModuleDict))
 
@@ -171,19 +178,22 @@ def list_taps(network: nn.Module, *, include_kinds: bool = False,
 
     Args:
         network: A diffusers network (use ``diffperception.list_taps`` for repo ids and folders).
-        include_kinds: Also list the ``:in`` variants and the ``:attn`` / ``:logits`` taps.
+        include_kinds: Also list the ``:in`` variants, the ``:attn`` / ``:logits`` taps and the
+            ``:adaln`` taps of AdaLN-modulated transformer blocks.
         probe: Runs ``network`` once (see above).
     """
     modules = [(p, m) for p, m in network.named_modules() if p and not _is_container(m)]
     valid = _probe(modules, probe, network) if probe is not None else None
     names = []
     for path, module in modules:
-        for kind in ("out", "in", "attn", "logits"):
+        for kind in ("out", "in", "attn", "logits", "adaln"):
             if kind != "out" and not include_kinds:
                 break
             if kind in ("attn", "logits") and not _is_attention(module):
                 continue
-            key = "out" if kind in ("attn", "logits") else kind
+            if kind == "adaln" and not _is_adaln_block(module):
+                continue
+            key = "out" if kind in ("attn", "logits", "adaln") else kind
             if valid is None or (path, key) in valid:
                 names.append(path if kind == "out" else f"{path}:{kind}")
     return names

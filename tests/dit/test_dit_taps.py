@@ -42,6 +42,8 @@ def test_list_taps_of_a_pixart_folder(dit_repos):
     sd3 = list_taps(dit_repos["sd3"], include_kinds=True)
     # the last joint block returns (None, image): listed too; joint attention taps are listed
     assert "transformer_blocks.2" in sd3 and "transformer_blocks.1.attn:logits" in sd3
+    assert {"transformer_blocks.0:adaln", "transformer_blocks.2:adaln"} <= set(sd3)
+    assert "transformer_blocks.1:adaln" in taps and "transformer_blocks.1.ff:adaln" not in taps
 
 
 def test_list_taps_of_a_hub_repo_reads_configs_only(dit_repos, local_hub, tmp_path):
