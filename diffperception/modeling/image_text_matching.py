@@ -491,6 +491,20 @@ class DiffusionPerceptionForImageTextMatching(DiffusionPerceptionModel,
         return specialize_matching(self, self._texts_or_labels(texts), size=size,
                                    latent_input=latent_input)
 
+    def specialize_free_text(self, size: tuple[int, int] | None = None, *,
+                             latent_input: bool = False) -> nn.Module:
+        """Images and encoded texts in, ``{"scores": (B, M)}`` out: free-text matching with
+        timesteps, noise and trained additions as constants (``to_k`` / ``to_v`` kept).
+
+        The second input is ``model.encode_texts(texts)[0]`` ``(M, L, D)``.
+
+        Raises:
+            ValueError: As :meth:`specialize`.
+        """
+        from .matching_export import specialize_free_text
+
+        return specialize_free_text(self, size=size, latent_input=latent_input)
+
     def card_usage(self, model_id: str) -> str:
         """The usage snippet of the model card (runs as is)."""
         from .model_card import default_usage

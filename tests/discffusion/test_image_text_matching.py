@@ -101,3 +101,22 @@ def test_digits_preset_builds_and_scores():
     assert scores.shape == (4, 10)
     # the shipped model matches digits to their captions by the noise error (README figures)
     assert (scores.argmax(1).numpy() == data["test_labels"][:4]).mean() >= 0.75
+
+
+def test_free_text_matching_module_and_onnx(tiny_repos, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from diffperception.export.free_text import export_free_text_onnx
+
+    torch.manual_seed(0)
+    model = DiffusionPerceptionForImageTextMatching(
+        matching_config(tiny_repos["sd2"], adaptation="kv", timesteps=[599])).eval()
+    with torch.no_grad():
+        for prompt in model.adapter.prompts.values():  # trained prompts must reach the graph
+            prompt.normal_(0, 0.02)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    special = model.specialize_free_text()
+    with torch.no_grad():
+        got = special(images, model.encode_texts(TEXTS)[0])["scores"]
+    assert torch.allclose(got, model.score(images, TEXTS), atol=1e-5)
+    result = export_free_text_onnx(model, tmp_path / "free.onnx", TEXTS[:2], batch=2)
+    assert result["inputs"] == ["images", "text_context"] and result["max_rel"] <= 1e-4
