@@ -127,6 +127,7 @@ def get_benchmark(name: str) -> Benchmark:
 BENCHMARK_MODULES: list[str] = [
     "diffperception.evaluation.sbir",
     "diffperception.evaluation.open_vocabulary",
+    "diffperception.evaluation.matching_benchmarks",
 ]
 
 
