@@ -5,6 +5,7 @@ from .base import DiffusionPerceptionModel
 from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable, LearnablePrompt
 from .image_classification import DiffusionPerceptionForImageClassification
 from .outputs import ImageClassifierOutput, SemanticSegmenterOutput
+from .semantic_correspondence import DiffusionPerceptionForSemanticCorrespondence
 from .semantic_segmentation import DiffusionPerceptionForSemanticSegmentation
 from .presets import list_presets, load_preset
 from .registry import get_model_class, list_models, register_model
@@ -13,6 +14,7 @@ __all__ = [
     "AutoDiffusionPerception",
     "DiffusionPerceptionForFeatureExtraction",
     "DiffusionPerceptionForImageClassification",
+    "DiffusionPerceptionForSemanticCorrespondence",
     "DiffusionPerceptionForSemanticSegmentation",
     "DiffusionPerceptionModel",
     "ImageClassifierOutput",
