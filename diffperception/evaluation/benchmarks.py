@@ -124,7 +124,7 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 #: Modules whose import registers benchmarks (the method modules add theirs here).
-BENCHMARK_MODULES: list[str] = []
+BENCHMARK_MODULES: list[str] = ["diffperception.evaluation.correspondence"]
 
 
 def _import_benchmarks() -> None:

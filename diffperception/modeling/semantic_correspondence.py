@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from ..config import TaskConfig
+from ..config import HeadConfig, TaskConfig
 from ..features.preprocess import to_image_tensor
 from .base import DiffusionPerceptionModel
 from .registry import register_model
@@ -248,6 +248,37 @@ class DiffusionPerceptionForSemanticCorrespondence(DiffusionPerceptionModel,
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"config['task'][{key!r}] = {value!r} is invalid: a positive "
                                  "number.")
+
+    @classmethod
+    def from_feature_extractor(cls, model: DiffusionPerceptionModel
+                               ) -> "DiffusionPerceptionForSemanticCorrespondence":
+        """A correspondence model on ``model``'s backbone (shared, not copied) with the
+        parameter-free ``correspondence`` head on all its taps: how a feature-extraction preset
+        such as ``dift-sd21`` (DIFT's zero-shot protocol) is matched. A centre crop becomes a
+        plain resize to ``preprocess.size`` (a crop would move keypoints out of the image).
+        """
+        import copy
+
+        from torch import nn
+
+        from ..heads import build_head
+        from .registry import registered_name
+
+        config = copy.deepcopy(model.config)
+        config.architecture = registered_name(cls)
+        config.head = HeadConfig.from_dict(dict(cls.default_head))
+        config.preprocess.crop = "none"
+        config.validate()
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.config = config
+        self.check_config(config)
+        # a shallow copy: the same network, VAE and prompt modules, its own preprocess
+        self.backbone = copy.copy(model.backbone)
+        self.backbone.preprocess = config.preprocess
+        self.head = build_head(config.head, self.backbone.feature_info,
+                               **self.head_arguments()).eval()
+        return self.eval()
 
     def head_arguments(self) -> dict[str, Any]:
         """``image_size``: the ``(H, W)`` the network runs at."""
