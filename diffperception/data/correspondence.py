@@ -70,7 +70,7 @@ def _read(image: Any) -> np.ndarray:
         from PIL import Image
 
         with Image.open(image) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # writable, as torch.from_numpy wants
     return np.asarray(image)
 
 
