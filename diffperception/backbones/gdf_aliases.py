@@ -54,8 +54,9 @@ def _inside_block(rest: str) -> str | None:
     return f"transformer_blocks.{match.group(1)}{_IN_BLOCK[match.group(2)]}"
 
 
-def _unit(prefix: str, rest: str) -> str | None:
-    """The part after ``{down,up}-level{L}-`` or ``mid-``: resnet, attention or its blocks."""
+def _unit(prefix: str, rest: str, attentions: bool = True) -> str | None:
+    """The part after ``{down,up}-level{L}-`` or ``mid-``: resnet, attention or its blocks
+    (the middle block's one attention has no ``repeat``: ``attentions=False``)."""
     repeat = _REPEAT.match(rest)
     if repeat:
         index, what = repeat.groups()
@@ -63,6 +64,8 @@ def _unit(prefix: str, rest: str) -> str | None:
             return f"{prefix}.resnets.{index}"
         if what == "res-increment":
             return f"{prefix}.resnets.{index}.conv2"
+        if not attentions:
+            return None
         if what == "vit-out":
             return f"{prefix}.attentions.{index}"
         inner = _inside_block(what)
@@ -101,7 +104,7 @@ def gdf_id_to_tap(gdf_id: str) -> str | None:
         if rest.startswith("vit-block"):
             inner = _inside_block(rest)
             return f"mid_block.attentions.0.{inner}" if inner else None
-        return _unit("mid_block", rest)
+        return _unit("mid_block", rest, attentions=False)
     if gdf_id.startswith("vit-block"):  # transformer backbones (PixArt, Hunyuan-DiT)
         return _inside_block(gdf_id)
     return None
