@@ -296,17 +296,18 @@ class WarpedPhotos(_PairBenchmark):
 @register_benchmark("stereo")
 class StereoPair(_PairBenchmark):
     """scikit-image's motorcycle stereo pair, matches from its disparity (``size``, ``grid``,
-    ``crops``)."""
+    ``crops``, ``crop_size``)."""
 
     description = "offline: the Middlebury motorcycle stereo pair shipped with scikit-image"
     dataset_name = "Middlebury motorcycle (scikit-image)"
 
-    def pairs(self, data, split, seed, size: int | None = None, grid: int = 10, crops: int = 0):
+    def pairs(self, data, split, seed, size: int | None = None, grid: int = 10, crops: int = 0,
+              crop_size: int = 160):
         from ..data.correspondence import stereo_pairs
 
         _offline_split(self.name, split)
         return stereo_pairs(size=None if size is None else int(size), grid=int(grid),
-                            crops=int(crops), seed=seed)
+                            crops=int(crops), crop_size=int(crop_size), seed=seed)
 
 
 @register_benchmark("warped-digits")
@@ -317,7 +318,7 @@ class WarpedDigits(_PairBenchmark):
     description = "offline: held-out scikit-learn digits under random affine warps"
     dataset_name = "warped digits (scikit-learn)"
 
-    def pairs(self, data, split, seed, num_pairs: int = 100, strength: float = 0.6,
+    def pairs(self, data, split, seed, num_pairs: int = 100, strength: float = 1.0,
               max_points: int = 8):
         from ..data.correspondence import warped_digit_pairs
 
