@@ -124,7 +124,8 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 #: Modules whose import registers benchmarks (the method modules add theirs here).
-BENCHMARK_MODULES: list[str] = ["diffperception.evaluation.correspondence"]
+BENCHMARK_MODULES: list[str] = ["diffperception.evaluation.correspondence",
+                                "diffperception.evaluation.segmentation"]
 
 
 def _import_benchmarks() -> None:
