@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["CorrespondencePair", "load_spair71k", "load_pf_willow", "warped_photo_pairs",
+__all__ = ["CorrespondencePair", "load_pairs", "load_spair71k", "load_pf_willow", "warped_photo_pairs",
            "stereo_pairs", "warped_digit_pairs", "sample_photos", "SPAIR_SPLITS"]
 
 #: The split names of SPair-71k's ``PairAnnotation/`` folders.
@@ -412,3 +412,28 @@ def warped_digit_pairs(num_pairs: int = 100, *, strength: float = 1.0, max_point
                                         target_points=tgt[keep], target_bbox=bbox,
                                         category=str(int(label)), name=f"digit-{i:04d}"))
     return pairs
+
+
+def load_pairs(source: str | os.PathLike, split: str = "train") -> list[CorrespondencePair]:
+    """The pairs of a split, by source: an SPair-71k folder (``PairAnnotation/``), a PF-WILLOW
+    folder (``test_pairs.csv``), or ``"warped-digits"`` / ``"warped-photos"`` (offline; the
+    ``train`` split uses the training digits / another warp seed than ``test``).
+
+    Raises:
+        FileNotFoundError: A folder of neither layout.
+        ValueError: An unknown name or split.
+    """
+    train = split in ("train", "trn")
+    if str(source) == "warped-digits":
+        return warped_digit_pairs(300 if train else 100, split="train" if train else "test",
+                                  seed=1 if train else 0)
+    if str(source) == "warped-photos":
+        return warped_photo_pairs(60 if train else 12, seed=1 if train else 0)
+    root = Path(source).expanduser()
+    if (root / "PairAnnotation").is_dir():
+        return load_spair71k(root, split)
+    if (root / "test_pairs.csv").is_file():
+        return load_pf_willow(root, split)
+    raise FileNotFoundError(f"{source} is neither an SPair-71k folder (PairAnnotation/) nor a "
+                            "PF-WILLOW folder (test_pairs.csv), nor 'warped-digits' / "
+                            "'warped-photos'.")
