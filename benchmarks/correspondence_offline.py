@@ -3,10 +3,11 @@ network with random weights, zero-shot (cosine nearest neighbour) and with GDF's
 aggregator fitted on training pairs, next to two baselines that need no network: "no motion"
 (the target point is the source point, rescaled) and raw pixels as descriptors.
 
-The aggregator is fitted with a small loop here (GDF's recipe: AdamW, lr 5e-4, weight decay 0.01,
-batch = one pair, symmetric CLIP-style loss with logit scale 1/0.07, METHODS.md §4.4) on pairs
-made from other images / other warps than the evaluated ones: warped-digits trains on the train
-digits; warped-photos and stereo train on warped photos of another seed.
+The aggregator is trained by the shared training loop (``diffperception.training.train``, the
+correspondence task: GDF's AdamW, lr 5e-4, weight decay 0.01, one pair per step, symmetric
+CLIP-style loss with logit scale 1/0.07, 2 epochs; METHODS.md §4.4) on pairs made from other
+images / other warps than the evaluated ones: warped-digits trains on the train digits;
+warped-photos and stereo train on warped photos of another seed.
 
 Usage:
     python -m benchmarks.correspondence_offline --out benchmarks/results/correspondence_offline
@@ -33,6 +34,7 @@ from diffperception.default_model import DEFAULT_MODEL_PATH
 from diffperception.evaluation import random_weight_copy
 from diffperception.evaluation.correspondence import PCKMeter, evaluate_correspondence
 from diffperception.modeling.semantic_correspondence import match_descriptors
+from diffperception.training import TrainingArguments, train
 
 TAPS = {"up_blocks.0": ["up_blocks.0"], "up_blocks.1": ["up_blocks.1"],
         "mid+up_blocks.1": ["mid_block", "up_blocks.1"]}
@@ -69,29 +71,14 @@ def build(folder: Path, taps: list[str], aggregator: str = "none", seed: int = 0
     }).eval()
 
 
-def fit_aggregator(model, pairs: list, epochs: int = 2, lr: float = 5e-4) -> list[float]:
-    """GDF's recipe on ``pairs``; returns the mean loss of each epoch."""
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr, weight_decay=0.01)
-    rng = np.random.default_rng(0)
-    history = []
-    model.head.train()
-    for _ in range(epochs):
-        losses = []
-        for i in rng.permutation(len(pairs)):
-            pair = pairs[i]
-            if len(pair.source_points) == 0:
-                continue
-            source, target = pair.images()
-            loss = model.pair_loss(torch.from_numpy(source).permute(2, 0, 1) / 255.0,
-                                   torch.from_numpy(target).permute(2, 0, 1) / 255.0,
-                                   pair.source_points, pair.target_points)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-    model.head.eval()
-    return history
+def fit_aggregator(model, pairs: list, folder: Path, epochs: int = 2) -> list[float]:
+    """GDF's recipe on ``pairs`` through the shared training loop (the correspondence training
+    task: AdamW 5e-4, one pair per step; weight decay 0.01); returns each epoch's mean loss."""
+    history = train(model, pairs, TrainingArguments(
+        output_dir=str(folder), epochs=epochs, batch_size=1, weight_decay=0.01, progress=False,
+        cpu=True, feature_cache="off"))
+    model.eval()
+    return [record["train_loss"] for record in history]
 
 
 def baseline(pairs: list, kind: str) -> dict[str, float]:
@@ -141,7 +128,8 @@ def main(argv=None) -> int:
                     if args.no_conv or label != "mid+up_blocks.1":
                         continue
                     model = build(folder, taps, aggregator="conv")
-                    history = fit_aggregator(model, training_pairs(name, args.quick))
+                    history = fit_aggregator(model, training_pairs(name, args.quick),
+                                             Path(tmp) / f"fit-{len(rows)}")
                     meter = evaluate_correspondence(model, pairs, progress=False)
                     rows.append({"benchmark": name, "weights": weights, "taps": label,
                                  "method": "conv aggregator", "train_loss": history,

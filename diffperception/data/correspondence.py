@@ -71,7 +71,7 @@ def _read(image: Any) -> np.ndarray:
 
         with Image.open(image) as img:
             return np.array(img.convert("RGB"))  # writable, as torch.from_numpy wants
-    return np.asarray(image)
+    return np.array(image)
 
 
 def _require(path: Path, what: str) -> Path:
