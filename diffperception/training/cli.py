@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                          "to train. Give it a head with --head, e.g. --head "
                          "'{\"type\": \"linear\", \"pool\": 2}', or pick a task preset.")
     if config.get("architecture") == "DiffusionPerceptionForSemanticCorrespondence":
-        from ..data.correspondence import load_pairs  # keypoint pairs, not labelled images
+        from .correspondence import load_pairs  # keypoint pairs, not labelled images
 
         train_data = load_pairs(args.data, args.split)
         eval_data = load_pairs(args.data, args.eval_split) if args.eval_split else None

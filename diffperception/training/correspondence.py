@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.correspondence import load_pairs
 from .task import StepOutput, TrainingTask, input_size, register_training_task
 
-__all__ = ["CorrespondenceTask", "PairSamples"]
+__all__ = ["CorrespondenceTask", "PairSamples", "load_pairs"]
 
 
 def _square(image: np.ndarray, size: int) -> torch.Tensor:
