@@ -142,7 +142,8 @@ def main(argv=None) -> int:
                 "keypoints": {k: int(sum(len(p.source_points) for p in v))
                               for k, v in sets.items()}}
     (out / "pck.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
-    lines = ["| benchmark | weights | taps | method | PCK@0.1 img | PCK@0.1 bbox | bbox per image |",
+    lines = ["| benchmark | weights | taps | method | PCK@0.1 img | PCK@0.1 bbox "
+             "| bbox per image |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['benchmark']} | {r['weights']} | {r['taps']} | {r['method']} | "

@@ -1,9 +1,9 @@
 """The activation ids of generic-diffusion-feature (seed 003, GDF) as tap aliases.
 
-GDF names every activation it can capture with an id such as ``up-level1-repeat1-vit-block0-cross-q``
-and selects them with JSON files ``{id: true, ...}``. Each id is one diffusers module output
-(METHODS.md §4.1), so an id resolves to a tap of this project; a user can bring GDF's
-configuration files unchanged (``taps_from_gdf_config``).
+GDF names every activation it can capture with an id such as
+``up-level1-repeat1-vit-block0-cross-q`` and selects them with JSON files ``{id: true, ...}``.
+Each id is one diffusers module output (METHODS.md §4.1), so an id resolves to a tap of this
+project; a user can bring GDF's configuration files unchanged (``taps_from_gdf_config``).
 
 =====================================================  ===========================================
 GDF id (U-Net)                                          tap

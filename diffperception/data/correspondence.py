@@ -3,9 +3,9 @@ stand-ins whose true matches are known exactly (METHODS.md §4.7, §5).
 
 Real benchmarks (images are read when a pair is used):
 
-- ``load_spair71k(root, split)``: SPair-71k as distributed (``PairAnnotation/{trn,val,test}/*.json``,
-  ``JPEGImages/<category>/<name>.jpg``); keypoints ``(x, y)`` in pixels, boxes
-  ``[x1, y1, x2, y2]``.
+- ``load_spair71k(root, split)``: SPair-71k as distributed
+  (``PairAnnotation/{trn,val,test}/*.json``, ``JPEGImages/<category>/<name>.jpg``); keypoints
+  ``(x, y)`` in pixels, boxes ``[x1, y1, x2, y2]``.
 - ``load_pf_willow(root)``: PF-WILLOW as used by the correspondence literature (``test_pairs.csv``:
   image A, image B, then 10 x and 10 y of A, 10 x and 10 y of B; images under the data root);
   the box is the target keypoints' extent, the usual PF-WILLOW threshold.
@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["CorrespondencePair", "load_pairs", "load_spair71k", "load_pf_willow", "warped_photo_pairs",
+__all__ = ["CorrespondencePair", "load_pairs", "load_spair71k", "load_pf_willow",
+           "warped_photo_pairs",
            "stereo_pairs", "warped_digit_pairs", "sample_photos", "SPAIR_SPLITS"]
 
 #: The split names of SPair-71k's ``PairAnnotation/`` folders.

@@ -108,7 +108,8 @@ def _soft_argmax(sims: torch.Tensor, best: torch.Tensor, hw: tuple[int, int], ra
     by, bx = best // W, best % W
     ys = (by[:, None] + offsets[None]).clamp(0, H - 1)  # (K, 2r+1)
     xs = (bx[:, None] + offsets[None]).clamp(0, W - 1)
-    ys, xs = ys[:, :, None].expand(-1, -1, len(offsets)), xs[:, None, :].expand(-1, len(offsets), -1)
+    n = len(offsets)
+    ys, xs = ys[:, :, None].expand(-1, -1, n), xs[:, None, :].expand(-1, n, -1)  # (K, n, n)
     flat = (ys * W + xs).reshape(K, -1)  # (K, (2r+1)^2)
     weights = torch.softmax(sims.gather(1, flat) / temperature, dim=1)
     return torch.stack([(weights * xs.reshape(K, -1)).sum(1),

@@ -22,7 +22,7 @@ from diffperception.modeling.presets import preset_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TABLE = {
+TABLE = {  # noqa: E501 - one id and its module per line
     "up-level1-repeat1-vit-block0-cross-q": "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_q",
     "down-level2-repeat0-res-out": "down_blocks.2.resnets.0",
     "up-level3-repeat2-res-increment": "up_blocks.3.resnets.2.conv2",
