@@ -116,6 +116,21 @@ def _soft_argmax(sims: torch.Tensor, best: torch.Tensor, hw: tuple[int, int], ra
                         (weights * ys.reshape(K, -1)).sum(1)], dim=-1).float()
 
 
+def _similarities(vectors: torch.Tensor, tgt: torch.Tensor, hw: Sequence[int],
+                  chunk: int = 1 << 16) -> torch.Tensor:
+    """Cosine of ``(K, D)`` unit vectors with every pixel of ``tgt`` ``(D, h, w)`` upsampled
+    (bilinear) to ``hw``: ``(K, H*W)``. The upsampled map is built ``chunk`` pixels at a time
+    (a 3520-channel map of a 500 x 375 image would take 2.6 GB at once)."""
+    H, W = int(hw[0]), int(hw[1])
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pixels = torch.stack([xs.flatten(), ys.flatten()], dim=-1).float()  # (H*W, 2) as (x, y)
+    out = vectors.new_empty(vectors.shape[0], H * W)
+    for start in range(0, H * W, chunk):
+        feats = sample_descriptors(tgt, pixels[start: start + chunk], (H, W))  # (n, D)
+        out[:, start: start + chunk] = vectors @ F.normalize(feats, dim=-1).T
+    return out
+
+
 def match_descriptors(src: torch.Tensor, tgt: torch.Tensor, src_points: torch.Tensor,
                       src_hw: Sequence[int], tgt_hw: Sequence[int], *,
                       resolution: str = "image", input_hw: Sequence[int] | None = None,
@@ -140,7 +155,7 @@ def match_descriptors(src: torch.Tensor, tgt: torch.Tensor, src_points: torch.Te
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution = {resolution!r} is invalid: one of {list(RESOLUTIONS)}.")
-    src_points = src_points.float()
+    src_points = src_points.float().cpu()
     if resolution == "input":
         if input_hw is None:
             raise ValueError("resolution='input' needs input_hw, the network input (H, W).")
@@ -149,17 +164,15 @@ def match_descriptors(src: torch.Tensor, tgt: torch.Tensor, src_points: torch.Te
     else:
         match_hw = tuple(int(s) for s in tgt_hw)
     vectors = F.normalize(sample_descriptors(src.float(), src_points, src_hw), dim=-1)  # (K, D)
-    target = F.interpolate(tgt.float()[None], size=match_hw, mode="bilinear",
-                           align_corners=False)[0]  # (D, H, W)
-    target = F.normalize(target.flatten(1), dim=0)  # (D, H*W)
-    sims = vectors @ target  # (K, H*W)
+    sims = _similarities(vectors, tgt.float(), match_hw)  # (K, H*W)
     scores, best = sims.max(dim=1)
     if window:
         points = _soft_argmax(sims, best, match_hw, int(window), temperature)
     else:
         points = torch.stack([best % match_hw[1], best // match_hw[1]], dim=-1).float()
     if resolution == "input":
-        points = points * torch.tensor([tgt_hw[1] / match_hw[1], tgt_hw[0] / match_hw[0]])
+        points = points * torch.tensor([tgt_hw[1] / match_hw[1], tgt_hw[0] / match_hw[0]],
+                                       device=points.device)
     return points, scores
 
 
