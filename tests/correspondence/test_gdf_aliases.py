@@ -196,3 +196,24 @@ def test_gdf_configuration_files_are_tap_lists(tmp_path):
         taps_from_gdf_config({"up_blocks.1": True})
     with pytest.raises(FileNotFoundError):
         taps_from_gdf_config(tmp_path / "missing.json")
+
+
+def test_pixart_block_ids_resolve_on_the_dit_family(tmp_path):
+    """GDF's PixArt ids (``vit-block{i}-...``) name the transformer's blocks."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from testing_utils import tiny_dit
+
+    folder = tiny_dit.make_pixart(tmp_path / "pixart")
+    ids = ["vit-block1-out", "vit-block0-cross-q", "vit-block1-self-k", "vit-block0-ffn-inner"]
+    model = DiffusionPerceptionForFeatureExtraction.from_diffusers(
+        folder, taps=ids + ["transformer_blocks.1", "transformer_blocks.0.attn2.to_q"],
+        timesteps=[261])
+    info = model.backbone.feature_info
+    assert [info[i].module for i in ids] == [
+        "transformer_blocks.1", "transformer_blocks.0.attn2.to_q",
+        "transformer_blocks.1.attn1.to_k", "transformer_blocks.0.ff.net.0"]
+    size = model.backbone.native_size
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(out[ids[0]], out["transformer_blocks.1"])
+    assert torch.equal(out[ids[1]], out["transformer_blocks.0.attn2.to_q"])
