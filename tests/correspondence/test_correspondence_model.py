@@ -86,8 +86,10 @@ class TestSemanticCorrespondence(TaskModelTesterMixin):
         for k, (x, y) in enumerate(points.round().long().tolist()):
             v = up_src[:, y, x]
             cos = F.cosine_similarity(v[:, None, None], up_tgt, dim=0)  # (48, 36)
-            best = int(cos.flatten().argmax())
-            assert out.points[k].tolist() == [best % 36, best // 36]
+            px, py = out.points[k].tolist()
+            assert px == int(px) and py == int(py)  # a pixel of the target
+            # the best pixel (up to float rounding: tiny random models give near-ties)
+            assert cos[int(py), int(px)].item() >= cos.max().item() - 1e-6
             assert abs(out.scores[k].item() - cos.max().item()) < 1e-5
 
     def test_match_at_input_size_rescales_to_the_target(self, tiny_repos):
@@ -103,9 +105,10 @@ class TestSemanticCorrespondence(TaskModelTesterMixin):
         for k, (x, y) in enumerate(points.tolist()):
             sx, sy = round(x * 64 / 128), round(y * 64 / 32)  # into the 64x64 input
             cos = F.cosine_similarity(up_src[:, sy, sx][:, None, None], up_tgt, dim=0)
-            best = int(cos.flatten().argmax())
-            expected = [(best % 64) * 48 / 64, (best // 64) * 96 / 64]  # back to 48 x 96
-            assert torch.allclose(out.points[k], torch.tensor(expected))
+            cx, cy = out.points[k].tolist()
+            cx, cy = cx * 64 / 48, cy * 64 / 96  # back from 48 x 96 to the 64 x 64 input
+            assert abs(cx - round(cx)) < 1e-4 and abs(cy - round(cy)) < 1e-4
+            assert cos[round(cy), round(cx)].item() >= cos.max().item() - 1e-6
 
     def test_bad_points_are_clear_errors(self, model):
         image = torch.rand(3, 64, 64)
