@@ -181,6 +181,15 @@ class DiTFamily(BackboneFamily):
     # -------------------------------------------------------------------- taps and the cut
 
     @classmethod
+    def resolve_alias(cls, path: str, network: nn.Module) -> str:
+        """A generic-diffusion-feature id of a DiT block (``vit-block13-cross-q``) -> its module
+        (``transformer_blocks.13.attn2.to_q``; ``backbones/gdf_aliases.py``); others unchanged."""
+        from .gdf_aliases import gdf_id_to_tap
+
+        return gdf_id_to_tap(path) if path.startswith("vit-block") and gdf_id_to_tap(path) \
+            else path
+
+    @classmethod
     def plan_cut(cls, network: nn.Module, taps: Sequence[tuple[str, str]], *,
                  full: bool = False) -> DiTCutPlan:
         """The last block the taps need.

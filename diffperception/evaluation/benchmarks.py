@@ -128,6 +128,8 @@ BENCHMARK_MODULES: list[str] = [
     "diffperception.evaluation.sbir",
     "diffperception.evaluation.open_vocabulary",
     "diffperception.evaluation.matching_benchmarks",
+    "diffperception.evaluation.correspondence",
+    "diffperception.evaluation.ade20k",
 ]
 
 

@@ -116,6 +116,9 @@ def resolve_taps(names: list[str], network: nn.Module,
         path, kind = parse_tap(name)
         if resolve_alias is not None:
             path = resolve_alias(path, network)
+            if ":" in path:  # an alias naming a kind too (GDF's "...-self-map" ids -> ":attn")
+                path, alias_kind = path.split(":", 1)
+                kind = alias_kind if kind == "out" else kind
         if path not in modules or path == "":
             close = difflib.get_close_matches(path, [p for p in modules if p], n=5, cutoff=0.6)
             hint = f" Closest valid names: {close}." if close else ""
