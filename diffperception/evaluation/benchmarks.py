@@ -124,7 +124,13 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 #: Modules whose import registers benchmarks (the method modules add theirs here).
-BENCHMARK_MODULES: list[str] = ["diffperception.evaluation.matching_benchmarks"]
+BENCHMARK_MODULES: list[str] = [
+    "diffperception.evaluation.sbir",
+    "diffperception.evaluation.open_vocabulary",
+    "diffperception.evaluation.matching_benchmarks",
+    "diffperception.evaluation.correspondence",
+    "diffperception.evaluation.ade20k",
+]
 
 
 def _import_benchmarks() -> None:

@@ -17,4 +17,5 @@ from .base import Head, HeadOutput, build_head, get_head_class, list_heads, regi
 __all__ = ["Head", "HeadOutput", "build_head", "get_head_class", "list_heads", "register_head"]
 
 from . import (  # noqa: E402,F401  (registration)
-    attention, cross_attention_score, diffeed, difformer, identity, linear, segmentation)
+    attention, correspondence, cross_attention_score, diffeed, difformer, identity, linear,
+    segmentation, upernet)

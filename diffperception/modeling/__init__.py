@@ -6,6 +6,7 @@ from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnab
 from .image_classification import DiffusionPerceptionForImageClassification
 from .image_text_matching import DiffusionPerceptionForImageTextMatching, ImageTextMatchingOutput
 from .outputs import ImageClassifierOutput, SemanticSegmenterOutput
+from .semantic_correspondence import DiffusionPerceptionForSemanticCorrespondence
 from .semantic_segmentation import DiffusionPerceptionForSemanticSegmentation
 from .presets import list_presets, load_preset
 from .registry import get_model_class, list_models, register_model
@@ -15,6 +16,7 @@ __all__ = [
     "DiffusionPerceptionForFeatureExtraction",
     "DiffusionPerceptionForImageClassification",
     "DiffusionPerceptionForImageTextMatching",
+    "DiffusionPerceptionForSemanticCorrespondence",
     "ImageTextMatchingOutput",
     "DiffusionPerceptionForSemanticSegmentation",
     "DiffusionPerceptionModel",

@@ -40,7 +40,7 @@ NOISE_PREDICTION_TAP = "conv_out"
 #: The paper's noise levels 0.2 / 0.4 / 0.6 / 0.8 as img2img timesteps (METHODS §2.4 (a)).
 PAPER_TIMESTEPS = (199, 399, 599, 799)
 TASK_DEFAULTS: dict[str, Any] = {"adaptation": "kv", "lora_rank": 4, "noise_error": False,
-                                 "loss": "triplet", "margin": 0.1}
+                                 "loss": "triplet", "margin": 0.1, "num_negatives": 9}
 
 
 def released_code_timesteps(k: int, num_train_timesteps: int = 1000) -> list[int]:
@@ -148,7 +148,10 @@ class DiffusionPerceptionForImageTextMatching(DiffusionPerceptionModel,
                    "a number >= 0"),
                   ("lora_rank", isinstance(task["lora_rank"], int)
                    and not isinstance(task["lora_rank"], bool) and task["lora_rank"] >= 1,
-                   "an integer >= 1")]
+                   "an integer >= 1"),
+                  ("num_negatives", isinstance(task["num_negatives"], int)
+                   and not isinstance(task["num_negatives"], bool) and task["num_negatives"] >= 1,
+                   "an integer >= 1 (negative captions per image in training)")]
         for key, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"config['task']['{key}'] = {task[key]!r} is invalid: {allowed}.")
@@ -487,6 +490,20 @@ class DiffusionPerceptionForImageTextMatching(DiffusionPerceptionModel,
 
         return specialize_matching(self, self._texts_or_labels(texts), size=size,
                                    latent_input=latent_input)
+
+    def specialize_free_text(self, size: tuple[int, int] | None = None, *,
+                             latent_input: bool = False) -> nn.Module:
+        """Images and encoded texts in, ``{"scores": (B, M)}`` out: free-text matching with
+        timesteps, noise and trained additions as constants (``to_k`` / ``to_v`` kept).
+
+        The second input is ``model.encode_texts(texts)[0]`` ``(M, L, D)``.
+
+        Raises:
+            ValueError: As :meth:`specialize`.
+        """
+        from .matching_export import specialize_free_text
+
+        return specialize_free_text(self, size=size, latent_input=latent_input)
 
     def card_usage(self, model_id: str) -> str:
         """The usage snippet of the model card (runs as is)."""

@@ -20,7 +20,8 @@ from ..features.noise import add_noise, fixed_noise, posterior_noise
 from ..features.preprocess import scale_range
 from ..features.trunk import Trunk
 
-__all__ = ["SpecializedImageTextMatcher", "specialize_matching"]
+__all__ = ["SpecializedImageTextMatcher", "SpecializedFreeTextMatcher", "specialize_matching",
+           "specialize_free_text"]
 
 
 class SpecializedImageTextMatcher(nn.Module):
@@ -136,4 +137,76 @@ def specialize_matching(model, texts: list[str], *, size: tuple[int, int] | None
         network, vae, trunk, copy.deepcopy(model.head), noise.to(device), alphas.to(device),
         num_candidates=len(texts), value_range=backbone.preprocess.range, size=size,
         latent_input=latent_input, source_config=config, component=family.component,
+        posterior=None if posterior is None else posterior.to(device)).eval()
+
+
+class SpecializedFreeTextMatcher(SpecializedImageTextMatcher):
+    """Images ``(B, 3, H, W)`` and encoded texts ``(M, L, D)`` -> ``{"scores": (B, M)}``.
+
+    The free-text form of the specialised matcher: timesteps and noise are constants and trained
+    additions are folded into ``to_k`` / ``to_v``, but the cross-attention K/V are computed from
+    the text input (``model.encode_texts(texts)[0]`` gives it), so any texts can be scored.
+    """
+
+    def forward(self, images: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"scores": (B, M)}``; ``context`` is ``(M, L, D)`` (the text encoder's output).
+
+        Raises:
+            ValueError: Images of another size than the module was built for.
+        """
+        if tuple(images.shape[-2:]) != self.input_hw:
+            raise ValueError(f"This specialized model takes inputs of {self.input_hw[0]}x"
+                             f"{self.input_hw[1]}; got {tuple(images.shape)}.")
+        latent = images if self.latent_input else self._encode(images)
+        z = add_noise(latent, self.noise, self.alphas)  # (T, E, B, C, h, w)
+        T, E, M = z.shape[0], z.shape[1], context.shape[0]
+        z = z.unsqueeze(3).expand(-1, -1, -1, M, -1, -1, -1)  # (T, E, B, M, C, h, w)
+        feats = self.trunk(z.reshape(-1, *z.shape[-3:]), None, context)  # texts innermost
+        scores = self.head(feats).logits.reshape(T * E, -1, M)  # (T*E, B, M)
+        return {"scores": scores.mean(dim=0)}
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = scale_range(images, self.value_range)
+        return self.vae(x, self.posterior_noise) if self.vae is not None else x
+
+
+@torch.no_grad()
+def specialize_free_text(model, *, size: tuple[int, int] | None = None,
+                         latent_input: bool = False) -> SpecializedFreeTextMatcher:
+    """The (images, encoded texts) -> scores module of a matching model.
+
+    Raises:
+        ValueError: As ``specialize_matching`` (random noise, the noise-error term, SDXL, size).
+    """
+    from .image_text_matching import copy_without_hooks
+
+    size = _check(model, [], size)
+    backbone, features = model.backbone, model.config.features
+    family, device, dtype = backbone.family, backbone.device, backbone.dtype
+    T, E = len(features.timesteps), features.noise.ensemble
+    network = copy_without_hooks(model)
+    if model.adapter is not None:
+        model.adapter.fold_into(network)
+    taps = [t for t in backbone.trunk.taps if t.name in set(model.head.taps)]
+    plan = family.plan_cut(network, [(t.path, t.kind) for t in taps])
+    family.prune(network, plan)
+    t_index = torch.tensor(features.timesteps, device=device)
+    latent_hw = (size[0] // backbone.vae_factor, size[1] // backbone.vae_factor)
+    channels = int(backbone.network_config["in_channels"])
+    probe = torch.zeros(T, channels, *latent_hw, device=device, dtype=dtype)
+    context, _ = model.encode_texts([""])
+    family.freeze_time(network, backbone.trunk.embed(probe, t_index, context, None))
+    trunk = Trunk(network, family, taps, plan)
+    trunk.frozen_timesteps = T
+    noise = fixed_noise(features.noise.seed, T, E, (channels, *latent_hw), dtype=dtype)
+    alphas = backbone.alphas_cumprod[t_index.cpu()].to(dtype)
+    vae = None if latent_input or backbone.vae is None else copy.deepcopy(backbone.vae)
+    posterior = None
+    if vae is not None and features.noise.posterior == "sample":
+        posterior = posterior_noise(features.noise.seed, (channels, *latent_hw), dtype=dtype)
+    return SpecializedFreeTextMatcher(
+        network, vae, trunk, copy.deepcopy(model.head), noise.to(device), alphas.to(device),
+        num_candidates=0, value_range=backbone.preprocess.range, size=size,
+        latent_input=latent_input, source_config=model.saved_config(publish=True),
+        component=family.component,
         posterior=None if posterior is None else posterior.to(device)).eval()

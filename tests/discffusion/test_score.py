@@ -194,6 +194,10 @@ def test_layer_selections_on_the_sd21_layout():
                     "up_blocks.3.attentions.1", "up_blocks.3.attentions.2"]
     with pytest.raises(ValueError, match="released_code"):
         cross_attention_taps(unet, "last")
+    from diffperception.modeling.presets import load_preset
+
+    preset = load_preset("discffusion-sd21base")  # the paper's layers, in execution order
+    assert preset["features"]["taps"] == cross_attention_taps(unet, "all") + ["conv_out"]
 
 
 def test_released_code_timesteps():
