@@ -129,3 +129,16 @@ def test_to_precision_gives_a_bf16_channels_last_copy(tiny_repos, reference_pipe
         still = special(images)
     assert rel <= TOLERANCE["bfloat16"] and cos >= 0.999
     assert _errors(still, _reference(reference_pipes["sd1"], images))[0] <= 1e-5
+
+
+def test_channels_last_survives_save_and_load(tiny_repos, tmp_path):
+    model = _model(tiny_repos["sd1"], "bfloat16", "channels_last")
+    model.save_pretrained(tmp_path / "saved")
+    loaded = DiffusionPerceptionForFeatureExtraction.from_pretrained(tmp_path / "saved")
+    assert loaded.config.backbone.memory_format == "channels_last"
+    weight = loaded.backbone.network.conv_in.weight
+    assert weight.dtype == torch.bfloat16 and weight.is_contiguous(memory_format=torch.channels_last)
+    images = _images()
+    with torch.no_grad():
+        a, b = model(images), loaded(images)
+    assert all(torch.equal(a[k], b[k]) for k in a)
