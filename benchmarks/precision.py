@@ -111,10 +111,10 @@ def measure(source: str, *, taps: list[str], size: int, batch: int, latent_input
         folder = Path(tmp)
         for fmt in formats:
             record(f"{fmt} fp32", "float32",
-                   lambda: _exported(fp32, fmt, "fp32", folder, size, latent_input, batch)(x))
+                   lambda m=fp32, f=fmt: _exported(m, f, "fp32", folder, size, latent_input, batch)(x))
         for fmt in formats:
             record(f"{fmt} bf16", "bfloat16",
-                   lambda: _exported(fp32, fmt, "bf16", folder, size, latent_input, batch)(x))
+                   lambda m=fp32, f=fmt: _exported(m, f, "bf16", folder, size, latent_input, batch)(x))
     has_vae = fp32.backbone.vae is not None
     del special32, fp32
     gc.collect()
