@@ -42,7 +42,8 @@ def is_loaded(row: dict[str, Any]) -> bool:
 
 
 def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """Result lines of the given JSONL files; a later line for the same key replaces an earlier."""
+    """Result lines of the given JSONL files; per scenario key, the newest line (by ``date``; a
+    later line of the same date replaces an earlier one)."""
     by_key: dict[str, dict[str, Any]] = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
@@ -50,6 +51,9 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
                 row = json.loads(line)
                 if "key" not in row or "scenario" not in row:
                     continue  # another script's results (e.g. training_cache.jsonl)
+                old = by_key.get(row["key"])
+                if old is not None and (old.get("date") or "") > (row.get("date") or ""):
+                    continue  # keep the newest measurement of a scenario, whichever file holds it
                 by_key.pop(row["key"], None)
                 by_key[row["key"]] = row
     return list(by_key.values())
