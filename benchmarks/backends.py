@@ -10,7 +10,12 @@ Backends:
     full_forward, block_cut_eager: the baselines (see ``baselines.py``).
     eager: ``DiffusionPerceptionForFeatureExtraction`` (pruned trunk, prompt encoded once).
     specialized: its ``specialize()`` module (timestep / prompt / noise folded into constants).
-    compile: ``torch.compile`` of the specialised module (compiled on the first call).
+    compile: ``torch.compile`` (inductor) of the specialised module (compiled on the first call,
+        the parity-check call, so compilation counts in ``first_call_s``, not in the timings).
+
+Precision: a ``bfloat16`` scenario builds the model with ``dtype="bfloat16"`` and, with the
+scenario option ``{"memory_format": "channels_last"}``, NHWC convolutions; exported backends
+export it with ``precision="bf16"`` (float32 in and out, bf16 inside).
     torchscript, torch_export: the exported specialised module, loaded from file.
     onnxruntime: the ONNX export run by ONNX Runtime (CPU; CUDA when ``device == "cuda"``).
     onnxruntime_fused: the same with each attention fused into ORT's ``MultiHeadAttention``
@@ -46,7 +51,8 @@ def library_model(folder: Path, s: Scenario):
 
     model = DiffusionPerceptionForFeatureExtraction.from_diffusers(
         str(folder), taps=list(s.taps), timesteps=[s.timestep], ensemble=s.ensemble, seed=s.seed,
-        prompt="", dtype=s.precision)
+        prompt="", dtype=s.precision,
+        memory_format=s.options.get("memory_format", "contiguous"))
     return model.to(s.device).eval()
 
 
@@ -139,7 +145,8 @@ def _export_once(fmt: str, special, s: Scenario, workdir: Path) -> dict[str, Any
     if fmt != "onnx":
         return export_artifact(fmt, special, workdir / f"{s.backend}{artifact_suffix(fmt)}",
                                size=(s.resolution, s.resolution), batch=s.chunk or s.batch,
-                               latent_input=s.view == "trunk")
+                               latent_input=s.view == "trunk",
+                               precision="bf16" if s.precision == "bfloat16" else "fp32")
     # One file per static batch: a chunked scenario shares the file of its chunk size.
     shared = replace(s, backend="onnxruntime", options={}, batch=s.chunk or s.batch, chunk=0)
     folder = workdir.parent / f"{s.arch}-onnx-{shared.artifact_key()}"

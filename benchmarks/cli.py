@@ -5,6 +5,10 @@ Examples:
     diffperception bench --scenarios sd15-512-b1-up_ft.1-t261-trunk-specialized-float32-cpu
     diffperception bench --list
     diffperception bench --report benchmarks/results/sd15.jsonl
+    diffperception bench --report --readme README.md   # REPORT.md, plots and the README table
+
+A scenario measured while other processes used the CPUs is marked ``loaded`` in its result line
+(``benchmarks/runner.py`` gives the rule); the report and the README table leave its timings out.
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where REPORT.md and the PNG plots are written")
     parser.add_argument("--note", default="", help="a paragraph put under the report's header "
                         "(e.g. what else ran on the machine)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="with --report: also rewrite the benchmark table between the "
+                             "benchmark-summary markers of this README")
+    parser.add_argument("--load-limit", type=float, default=None,
+                        help="other processes' CPU use (cores) above which a scenario is marked "
+                             "as measured under load (default: runner.LOAD_LIMIT_CORES)")
+    parser.add_argument("--quiet-sample", type=float, default=None,
+                        help="seconds of other processes' CPU use sampled before each scenario "
+                             "(default: runner.QUIET_SAMPLE_S; 0 skips it)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="models, references and artifacts (default: $TMPDIR/diffperception-bench)")
     parser.add_argument("--iters", type=int, default=None, help="override the timed calls")
@@ -72,7 +85,13 @@ def run(args: argparse.Namespace) -> int:
 
         paths = args.report or sorted(RESULTS_DIR.glob("*.jsonl"))
         print(write_report(paths, args.report_dir, title_note=args.note))
+        if args.readme is not None:
+            from .report import load_results, update_readme
+
+            print(update_readme(args.readme, load_results(paths)))
         return 0
+    if args.readme is not None:
+        raise ValueError("--readme goes with --report (it renders the README table from results).")
     from .runner import run_scenarios
     from .suites import suite
 
@@ -85,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("iters", "warmup") if getattr(args, k) is not None}
     scenarios = [replace(s, **overrides) for s in scenarios]
     out = args.out or RESULTS_DIR / f"{label}.jsonl"
-    results = run_scenarios(scenarios, out, cache_dir=args.cache_dir, timeout=args.timeout)
+    from .runner import LOAD_LIMIT_CORES, QUIET_SAMPLE_S
+
+    results = run_scenarios(
+        scenarios, out, cache_dir=args.cache_dir, timeout=args.timeout,
+        load_limit=LOAD_LIMIT_CORES if args.load_limit is None else args.load_limit,
+        quiet_sample_s=QUIET_SAMPLE_S if args.quiet_sample is None else args.quiet_sample)
     print(f"{len(results)} result line(s) appended to {out}")
     return 0 if all(r["status"] == "ok" for r in results) else 1

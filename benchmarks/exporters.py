@@ -42,7 +42,7 @@ def artifact_suffix(fmt: str) -> str:
 
 
 def export_artifact(fmt: str, model: nn.Module, path: Path, *, size: tuple[int, int], batch: int,
-                    latent_input: bool) -> dict[str, Any]:
+                    latent_input: bool, precision: str = "fp32") -> dict[str, Any]:
     """Exports a feature extractor at a static batch with the library's exporter registry.
 
     Args:
@@ -52,6 +52,7 @@ def export_artifact(fmt: str, model: nn.Module, path: Path, *, size: tuple[int, 
         size: Image size ``(H, W)``.
         batch: Static batch size.
         latent_input: Export the latent-in trunk (no VAE encoder).
+        precision: The exporter's precision (``"fp32"``; ``"bf16"`` for TorchScript / .pt2).
 
     Returns:
         ``{"path", "format", "export_seconds", "artifact_bytes", "exporter"}``.
@@ -64,7 +65,8 @@ def export_artifact(fmt: str, model: nn.Module, path: Path, *, size: tuple[int, 
     name = registry_format(fmt)
     start = time.perf_counter()
     # The benchmark checks every artifact against the full diffusers forward itself.
-    result = export(model, name, path, size=size, batch=batch, latent_input=latent_input, check=False)
+    result = export(model, name, path, size=size, batch=batch, latent_input=latent_input,
+                    precision=precision, check=False)
     return {"path": str(result.path), "format": fmt, "export_seconds": time.perf_counter() - start,
             "artifact_bytes": int(result.size_bytes), "exporter": f"diffperception.export.export(fmt={name!r})"}
 

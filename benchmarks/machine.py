@@ -5,6 +5,11 @@ Theoretical peak = cores x clock x fp32 FLOPs per cycle per core. With AVX2 + FM
 Intel since Haswell); AVX-512 doubles the lanes (16 x 2 x 2 = 64, assuming two FMA ports). The
 measured peak is a large fp32 matmul (``torch.mm`` of 4096 x 4096 matrices) on the benchmark's
 thread count: what a compute-bound kernel actually reaches here.
+
+The instruction-set extensions that decide which kernels run are recorded from ``/proc/cpuinfo``
+(``ISA_FLAGS``): AVX2, AVX-512 (``avx512f``), AVX512-BF16 (bf16 dot products) and AMX (Intel's
+tile matrix unit; ``amx_bf16`` makes bf16 matmuls and convolutions several times faster than
+fp32). A bf16 figure means little without them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["describe_machine", "theoretical_peak", "matmul_peak", "versions"]
+__all__ = ["describe_machine", "theoretical_peak", "matmul_peak", "versions", "isa_flags", "ISA_FLAGS"]
+
+# /proc/cpuinfo flag -> the name the report prints
+ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16",
+             "amx_tile": "AMX", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
+
+
+def isa_flags(flags: str | None = None) -> dict[str, bool]:
+    """Which of ``ISA_FLAGS`` the CPU has (``flags``: a cpuinfo ``flags`` line; default: this CPU)."""
+    present = set((flags if flags is not None else _cpuinfo().get("flags", "")).split())
+    return {flag: flag in present for flag in ISA_FLAGS}
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -102,8 +117,10 @@ def describe_machine(threads: int = 2, *, measure: bool = True) -> dict[str, Any
     family = lscpu.get("CPU family", "")
     zen = {"23": "Zen/Zen2", "25": "Zen4" if peak["simd"] == "avx512" else "Zen3", "26": "Zen5"}
     microarch = zen.get(family, "") if "AMD" in (lscpu.get("Vendor ID", "") + name) else ""
+    isa = isa_flags(cpu.get("flags", ""))
     machine: dict[str, Any] = {
         "cpu": re.sub(r"\s+", " ", name).strip(), "microarchitecture": microarch,
+        "isa": isa,
         "threads_used": threads, "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
                                                      * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         **peak,
@@ -112,6 +129,7 @@ def describe_machine(threads: int = 2, *, measure: bool = True) -> dict[str, Any
         "hostname": platform.node(),
     }
     machine["summary"] = (f"{machine['cpu']} {machine['microarchitecture']}".strip()
-                          + f", {peak['cores']} cores @ {peak['clock_ghz']:.2f} GHz ({peak['simd']})"
+                          + f", {peak['cores']} cores @ {peak['clock_ghz']:.2f} GHz ("
+                          + (", ".join(ISA_FLAGS[f] for f, ok in isa.items() if ok) or "no AVX2") + ")"
                           + (f", GPU {machine['gpu']}" if machine["gpu"] else ", no GPU"))
     return machine

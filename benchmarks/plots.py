@@ -11,7 +11,8 @@ __all__ = ["write_plots"]
 
 def _series_key(row: dict[str, Any]) -> str:
     s = row["scenario"]
-    return s["backend"] + (f"/chunk{s['chunk']}" if s["chunk"] else "")
+    return (s["backend"] + (f"/chunk{s['chunk']}" if s["chunk"] else "")
+            + (f" {s['precision']}" if s.get("precision", "float32") != "float32" else ""))
 
 
 def _ok(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -129,9 +129,9 @@ class Scenario:
 RESULT_FIELDS: tuple[str, ...] = (
     # identity
     "scenario", "key", "status", "error", "date", "machine", "load_avg_start", "load_avg_end",
-    "weights",
+    "foreign_cores_before", "foreign_cores", "loaded", "weights",
     # correctness
-    "parity_max_abs", "parity_max_rel", "parity_tol", "parity_ok",
+    "parity_max_abs", "parity_max_rel", "parity_cosine", "parity_tol", "parity_ok",
     # time
     "times_s", "p50_s", "p90_s", "p99_s", "mean_s", "throughput_img_s", "load_s", "build_s",
     "first_call_s",

@@ -4,6 +4,10 @@ Iteration counts are chosen for a 2-core CPU shared with other work: the parity-
 every backend up, so the real-size suites time a few calls after it (3 for the SD 1.5 batch-1
 goal scenarios, 2 elsewhere, 1 for SD 2.1 at 768 px and SDXL at 1024 px, which run batch 1 only
 and the main backends only).
+
+bf16 scenarios (``BF16``: bf16 weights, channels-last convolutions) run next to fp32 ones; their
+features are checked against the fp32 full forward like every other row. ``compile`` is
+``torch.compile`` (inductor) of the specialised module; it compiles during the untimed parity call.
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ __all__ = ["SUITES", "suite", "list_suites"]
 
 OURS_EXPORTED = ("torchscript", "torch_export", "onnxruntime", "onnxruntime_fused")
 ATTENTION_TAP = "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
+#: The bf16 variant of a scenario: bf16 weights and activations, NHWC convolutions.
+BF16 = {"precision": "bfloat16", "options": {"memory_format": "channels_last"}}
+
+
+def bf16(s: Scenario) -> Scenario:
+    """The bf16 / channels-last variant of a scenario."""
+    return replace(s, **BF16)
 
 
 def _tiny() -> list[Scenario]:
@@ -26,6 +37,8 @@ def _tiny() -> list[Scenario]:
         for batch in (1, 2):
             out += [Scenario("tiny", 64, batch=batch, backend=b, view=view, warmup=1, iters=3)
                     for b in backends]
+    out += [bf16(Scenario("tiny", 64, backend=b, warmup=1, iters=3))
+            for b in ("eager", "specialized", "torchscript", "torch_export")]
     return out
 
 
@@ -40,6 +53,12 @@ def _sd15() -> list[Scenario]:
     e2e = replace(base, view="e2e", iters=2)
     out += [replace(e2e, backend=b) for b in ("full_forward", "block_cut_eager", "specialized",
                                               "onnxruntime_fused")]
+    # bf16 / channels-last and torch.compile (inductor)
+    out.append(replace(base, backend="compile"))
+    out += [bf16(replace(base, backend=b)) for b in ("eager", "specialized", "compile",
+                                                     "torchscript", "torch_export")]
+    out += [bf16(replace(b4, backend=b)) for b in ("specialized", "compile")]
+    out.append(bf16(replace(e2e, backend="specialized")))
     return out
 
 
@@ -60,7 +79,8 @@ def _sd15_scaling() -> list[Scenario]:
 
 def _sd21() -> list[Scenario]:
     base = Scenario("sd21", 768, warmup=0, iters=1)
-    return [replace(base, backend=b) for b in ("full_forward", "specialized", "onnxruntime_fused")]
+    return ([replace(base, backend=b) for b in ("full_forward", "specialized", "onnxruntime_fused")]
+            + [bf16(replace(base, backend=b)) for b in ("specialized", "compile")])
 
 
 def _sdxl() -> list[Scenario]:
@@ -70,8 +90,9 @@ def _sdxl() -> list[Scenario]:
 
 def _default() -> list[Scenario]:
     base = Scenario("default", 32, warmup=1, iters=10)
-    return [replace(base, backend=b, view=v) for v in ("trunk", "e2e")
-            for b in ("full_forward", "block_cut_eager", "specialized", "onnxruntime_fused")]
+    return ([replace(base, backend=b, view=v) for v in ("trunk", "e2e")
+             for b in ("full_forward", "block_cut_eager", "specialized", "onnxruntime_fused")]
+            + [bf16(replace(base, backend="specialized", view=v)) for v in ("trunk", "e2e")])
 
 
 def _gpu() -> list[Scenario]:

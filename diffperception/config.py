@@ -29,8 +29,11 @@ __all__ = [
 CONFIG_FORMAT_VERSION = 2
 
 DTYPES = ("float32", "float16", "bfloat16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 NOISE_KINDS = ("fixed", "random", "none", "ddim_inversion")
 POSTERIORS = ("mean", "sample")
+# How the E noise draws of an ensemble are made (features/noise.py: noise_draws).
+NOISE_SAMPLINGS = ("independent", "antithetic", "sobol")
 PROMPT_KINDS = ("null", "fixed", "per_image", "learnable")
 RESIZE_MODES = ("bicubic", "bilinear", "nearest")
 CROP_MODES = ("center", "none")
@@ -76,6 +79,9 @@ class BackboneConfig:
         revision: Branch, tag or commit sha; saved models record the resolved commit sha.
         dtype: Weight and activation dtype.
         variant: Weight file variant (``"fp16"`` reads ``*.fp16.safetensors``), or None.
+        memory_format: Layout of the 4-D (convolution) weights and hence of the activations:
+            ``"contiguous"`` (NCHW, default) or ``"channels_last"`` (NHWC; oneDNN's fast path for
+            bf16 on CPUs with AVX512-BF16 / AMX, and cuDNN's for fp16 / bf16 on GPUs).
     """
 
     repo_id: str
@@ -83,6 +89,7 @@ class BackboneConfig:
     revision: str | None = None
     dtype: str = "float32"
     variant: str | None = None
+    memory_format: str = "contiguous"
 
     def validate(self) -> None:
         if not isinstance(self.repo_id, str) or not self.repo_id:
@@ -91,6 +98,8 @@ class BackboneConfig:
             _fail("backbone", "family", self.family, "the name of a registered backbone family")
         if self.dtype not in DTYPES:
             _fail("backbone", "dtype", self.dtype, f"one of {DTYPES}")
+        if self.memory_format not in MEMORY_FORMATS:
+            _fail("backbone", "memory_format", self.memory_format, f"one of {MEMORY_FORMATS}")
 
 
 @dataclass
@@ -106,6 +115,11 @@ class NoiseConfig:
         posterior: ``z_0`` from the VAE posterior: ``"mean"`` (default) or ``"sample"`` (a
             posterior sample, as DIFT, generic-diffusion-feature and Discffusion take it: seeded
             and fixed for ``kind="fixed"``, fresh every call otherwise).
+        sampling: How the ``ensemble`` draws are made: ``"independent"`` (default; i.i.d.
+            normal draws, as DIFT), ``"antithetic"`` (pairs ``eps, -eps``; needs an even
+            ensemble) or ``"sobol"`` (scrambled Sobol points mapped through the inverse normal
+            CDF). The last two are variance reduction: the ensemble mean is closer to the
+            infinite-ensemble feature for the same number of draws (``features/noise.py``).
     """
 
     kind: str = "fixed"
@@ -113,6 +127,7 @@ class NoiseConfig:
     ensemble: int = 1
     inversion_steps: int = 10
     posterior: str = "mean"
+    sampling: str = "independent"
 
     def validate(self) -> None:
         if self.kind not in NOISE_KINDS:
@@ -128,6 +143,17 @@ class NoiseConfig:
             _fail("features.noise", "inversion_steps", self.inversion_steps, "an integer >= 1")
         if self.posterior not in POSTERIORS:
             _fail("features.noise", "posterior", self.posterior, f"one of {POSTERIORS}")
+        if self.sampling not in NOISE_SAMPLINGS:
+            _fail("features.noise", "sampling", self.sampling, f"one of {NOISE_SAMPLINGS}")
+        if self.sampling != "independent" and (self.kind not in ("fixed", "random")
+                                               or self.ensemble < 2):
+            _fail("features.noise", "sampling", self.sampling,
+                  "variance-reduced sampling needs noise kind 'fixed' or 'random' and an "
+                  "ensemble >= 2; use sampling='independent'")
+        if self.sampling == "antithetic" and self.ensemble % 2:
+            _fail("features.noise", "sampling", self.sampling,
+                  f"antithetic draws come in pairs (eps, -eps), so the ensemble must be even, "
+                  f"not {self.ensemble}")
 
 
 @dataclass

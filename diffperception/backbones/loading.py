@@ -220,8 +220,24 @@ def json_preview(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def read_tensors(files: list[Path], keys: set[str] | None) -> dict[str, torch.Tensor]:
-    """Reads the tensors named in ``keys`` (all when None) from safetensors files."""
+#: Bytes read through one mapping of a weight file before it is closed and mapped again: the
+#: mapped pages of a file count in the process's resident memory while it is open, so reading a
+#: large file in one mapping would hold the whole file *and* the copies made from it at once.
+READ_WINDOW_BYTES = 256 * 2**20
+
+
+def read_tensors(files: list[Path], keys: set[str] | None,
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Reads the tensors named in ``keys`` (all when None) from safetensors files.
+
+    Args:
+        files: The safetensors files.
+        keys: Names to read (None: all).
+        dtype: Convert floating-point tensors to this dtype as they are read (so a bf16 model
+            never holds an fp32 copy of its weights), or None to keep the file's dtype.
+
+    Peak memory is the tensors read plus at most ``READ_WINDOW_BYTES`` of mapped file.
+    """
     from safetensors import safe_open
     from safetensors import SafetensorError
 
@@ -229,12 +245,22 @@ def read_tensors(files: list[Path], keys: set[str] | None) -> dict[str, torch.Te
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    if keys is None or key in keys:
-                        # clone: own, 64-byte aligned memory. Views into the file sit at any
-                        # 8-byte offset, and CPU kernels round differently on misaligned data
-                        # (1e-6 apart), so a saved and reloaded model would not be bit-identical.
-                        out[key] = f.get_tensor(key).clone()
+                names = [key for key in f.keys() if keys is None or key in keys]
+            while names:
+                window = 0
+                with safe_open(str(file), framework="pt") as f:
+                    while names and window < READ_WINDOW_BYTES:
+                        key = names.pop(0)
+                        tensor = f.get_tensor(key)
+                        window += tensor.numel() * tensor.element_size()
+                        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                            out[key] = tensor.to(dtype)
+                        else:
+                            # clone: own, 64-byte aligned memory. Views into the file sit at any
+                            # 8-byte offset, and CPU kernels round differently on misaligned data
+                            # (1e-6 apart), so a saved and reloaded model would not be bit-identical.
+                            out[key] = tensor.clone()
+                        del tensor
         except (SafetensorError, OSError) as err:
             raise RuntimeError(
                 f"Could not read {file}: {err}. The file is truncated or not a safetensors file; "
@@ -256,7 +282,7 @@ def load_pruned(
         module = build()
     prune(module)
     wanted = set(module.state_dict().keys())
-    tensors = read_tensors(files, wanted)
+    tensors = read_tensors(files, wanted, dtype)  # converted as read: no full-size fp32 copy
     missing = sorted(wanted - set(tensors))
     if missing:
         raise RuntimeError(

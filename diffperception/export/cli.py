@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
                            help="fp16 ONNX (for GPU execution providers) / fp16 TensorRT engine")
     precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
-                           help="bf16 TensorRT engine")
+                           help="bf16 TorchScript / .pt2 (bf16 weights, channels-last convolutions; "
+                                "float32 in and out) or a bf16 TensorRT engine")
     parser.add_argument("--latent-input", action="store_true", help="take latents (leave the VAE encoder out)")
     parser.add_argument("--include-resize", type=_argument(parse_size), metavar="HxW",
                         help="the graph takes HxW images and resizes them to the model size")

@@ -30,6 +30,7 @@ from torch import nn
 from ..config import PreprocessConfig
 from ..deploy.contract import BATCH_DIM, LATENTS, Contract, input_spec
 from ..features.preprocess import resize_and_crop
+from ..features.specialize import to_precision
 from .contract import build_contract, input_name, input_sample_shape
 from .options import ExportOptions
 
@@ -82,6 +83,10 @@ class ExportGraph(nn.Module):
             centre-cropped, as ``preprocess`` says) to ``special.size`` inside the graph.
             None takes images already at ``special.size``.
         as_tuple: Return the outputs as a tuple in output order (ONNX) instead of a dict.
+
+    A module in another dtype than float32 (bf16, ``precision="bf16"``) still takes a float32
+    batch and returns float32 outputs: the graph casts the input to the module's dtype and the
+    outputs back, so the contract's I/O dtype stays float32.
     """
 
     def __init__(self, special: nn.Module, *, input_size: Sequence[int] | None = None,
@@ -89,6 +94,7 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.special = special
         self.as_tuple = as_tuple
+        self.compute_dtype = _module_dtype(special)
         self.resize: PreprocessConfig | None = None
         if input_size is not None and tuple(input_size) != tuple(special.size):
             pre = dict(special.source_config or {}).get("preprocess", {})
@@ -98,7 +104,11 @@ class ExportGraph(nn.Module):
     def forward(self, inputs: torch.Tensor) -> Any:
         if self.resize is not None:
             inputs = resize_and_crop(inputs, self.resize)  # (B, 3, H, W) at the model size
-        outputs = self.special(inputs)
+        if self.compute_dtype != torch.float32:
+            inputs = inputs.to(self.compute_dtype)
+            outputs = {key: value.float() for key, value in self.special(inputs).items()}
+        else:
+            outputs = self.special(inputs)
         return tuple(outputs.values()) if self.as_tuple else outputs
 
     @contextlib.contextmanager
@@ -214,9 +224,14 @@ def prepare_export(model: nn.Module, options: ExportOptions | None = None) -> Pr
     options.say("specialising the model (timestep, prompt and noise become constants)")
     special = as_specialized(model, options.size, options.latent_input)
     dtype = _module_dtype(special)
-    if dtype != torch.float32:
-        raise ValueError(f"The model is in {dtype}; export a float32 model (fp16 ONNX / TensorRT "
-                         "precision are export options).")
+    if options.precision == "bf16":
+        # bf16 weights, NHWC convolutions; the original module is left as it is
+        options.say("converting the specialised model to bfloat16, channels-last")
+        special = to_precision(special, torch.bfloat16, memory_format=torch.channels_last)
+    elif dtype != torch.float32:
+        raise ValueError(f"The model is in {dtype}; export a float32 model with the precision as an "
+                         "export option (precision='bf16' for TorchScript / .pt2, 'fp16' for ONNX / "
+                         "TensorRT).")
     graph = ExportGraph(special, input_size=options.include_resize).eval()
     sample = input_sample_shape(special, options.latent_input, options.include_resize)
     example_batch = opt if low == high else min(max(2, opt), high)  # torch.export specialises a size-1 example

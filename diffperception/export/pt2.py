@@ -18,7 +18,7 @@ from .torch_program import TorchProgramExporter, stored_contract
 __all__ = ["Pt2Exporter", "load_pt2_metadata", "to_pt2"]
 
 
-@register_exporter("pt2", suffix=".pt2", precisions=("fp32",))
+@register_exporter("pt2", suffix=".pt2", precisions=("fp32", "bf16"))
 class Pt2Exporter(TorchProgramExporter):
     """A ``torch.export`` program (``.pt2``); a batch range becomes a ``torch.export.Dim``."""
 

@@ -23,7 +23,7 @@ from .torch_program import TorchProgramExporter, stored_contract
 __all__ = ["TorchScriptExporter", "load_torchscript_metadata", "to_torchscript"]
 
 
-@register_exporter("torchscript", suffix=".pt", precisions=("fp32",))
+@register_exporter("torchscript", suffix=".pt", precisions=("fp32", "bf16"))
 class TorchScriptExporter(TorchProgramExporter):
     """A frozen ``torch.jit.trace`` (``.pt``); the batch range is checked at both ends."""
 

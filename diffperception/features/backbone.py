@@ -30,9 +30,10 @@ from .preprocess import check_size, resize_and_crop, scale_range, to_image_tenso
 from .taps import FeatureInfo, Tap, list_taps, resolve_taps, tap_value_problem
 from .trunk import Trunk
 
-__all__ = ["DiffusionBackbone", "TORCH_DTYPES", "folder_taps"]
+__all__ = ["DiffusionBackbone", "TORCH_DTYPES", "MEMORY_FORMATS", "folder_taps"]
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def _has_vae(index: dict[str, Any]) -> bool:
@@ -161,6 +162,18 @@ class DiffusionBackbone(nn.Module):
         self.prompt = PromptConditioner(self.family, self.network_config, prompt, folder,
                                         encoders, tokenizers, dtype=dtype)
         self._noise_cache: dict[tuple, torch.Tensor] = {}
+        if load_weights:
+            self.apply_memory_format()
+
+    def apply_memory_format(self) -> None:
+        """Lays the network's and the VAE encoder's 4-D weights out as
+        ``config.backbone.memory_format`` says (``channels_last``: NHWC); convolutions then
+        produce activations in that layout. Called after weights are loaded (a state-dict load
+        with ``assign=True`` replaces the tensors)."""
+        fmt = MEMORY_FORMATS[self.backbone_config.memory_format]
+        for module in (self.network, self.vae):
+            if module is not None and not any(p.is_meta for p in module.parameters()):
+                module.to(memory_format=fmt)
 
     def _prune(self, network: nn.Module, holder: dict[str, Any]) -> None:
         """Resolves the taps, plans and prunes the meta network, and reads the tap shapes."""
@@ -233,9 +246,11 @@ class DiffusionBackbone(nn.Module):
         noise: str = "fixed",
         seed: int = 0,
         ensemble: int = 1,
+        sampling: str = "independent",
         prompt: Any = "",
         size: tuple[int, int] | None = None,
         dtype: str = "float32",
+        memory_format: str = "contiguous",
         revision: str | None = None,
         variant: str | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -252,10 +267,15 @@ class DiffusionBackbone(nn.Module):
             noise: ``"fixed"``, ``"random"``, ``"none"`` or ``"ddim_inversion"``.
             seed: Seed of the fixed noise.
             ensemble: Noise draws averaged per timestep.
+            sampling: How the ensemble's draws are made: ``"independent"``, ``"antithetic"``
+                (pairs ``eps, -eps``; even ensemble) or ``"sobol"`` (quasi-random); the last two
+                reach a given feature error with fewer draws (``features/noise.py``).
             prompt: ``""`` (null), a text, a list of texts (one per image) or
                 ``LearnablePrompt(text)``.
             size: ``(H, W)`` images are resized to; None keeps the input size.
             dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+            memory_format: ``"contiguous"`` or ``"channels_last"`` (NHWC convolutions; use it
+                with ``dtype="bfloat16"`` on CPUs with AVX512-BF16 / AMX).
             revision, variant, cache_dir, local_files_only, token: Hub loading options.
             inversion_steps: DDIM steps for ``noise="ddim_inversion"``.
 
@@ -265,7 +285,8 @@ class DiffusionBackbone(nn.Module):
         """
         sections, source = cls.config_sections(
             repo_id, taps=taps, timesteps=timesteps, noise=noise, seed=seed, ensemble=ensemble,
-            prompt=prompt, size=size, dtype=dtype, revision=revision, variant=variant,
+            sampling=sampling, prompt=prompt, size=size, dtype=dtype, memory_format=memory_format,
+            revision=revision, variant=variant,
             cache_dir=cache_dir, local_files_only=local_files_only, token=token,
             inversion_steps=inversion_steps)
         return cls(*sections, source=source)
@@ -273,8 +294,10 @@ class DiffusionBackbone(nn.Module):
     @staticmethod
     def config_sections(repo_id: str | os.PathLike, *, taps: Sequence[str],
                         timesteps: Sequence[int] = (261,), noise: str = "fixed", seed: int = 0,
-                        ensemble: int = 1, prompt: Any = "", size: tuple[int, int] | None = None,
-                        dtype: str = "float32", revision: str | None = None,
+                        ensemble: int = 1, sampling: str = "independent", prompt: Any = "",
+                        size: tuple[int, int] | None = None,
+                        dtype: str = "float32", memory_format: str = "contiguous",
+                        revision: str | None = None,
                         variant: str | None = None, inversion_steps: int = 10, **hub_kwargs: Any
                         ) -> tuple[tuple[BackboneConfig, FeaturesConfig, PreprocessConfig],
                                    ModelSource]:
@@ -282,11 +305,12 @@ class DiffusionBackbone(nn.Module):
         source = resolve_source(repo_id, revision=revision, **hub_kwargs)
         family = family_for_folder(source.folder)
         backbone = BackboneConfig(repo_id=str(repo_id), family=family.name,
-                                  revision=source.revision, dtype=dtype, variant=variant)
+                                  revision=source.revision, dtype=dtype, variant=variant,
+                                  memory_format=memory_format)
         features = FeaturesConfig(
             taps=list(taps), timesteps=[int(t) for t in timesteps],
             noise=NoiseConfig(kind=noise, seed=seed, ensemble=ensemble,
-                              inversion_steps=inversion_steps),
+                              inversion_steps=inversion_steps, sampling=sampling),
             prompt=prompt_config(prompt))
         preprocess = PreprocessConfig(size=[int(s) for s in size] if size else None)
         return (backbone, features, preprocess), source
@@ -399,8 +423,12 @@ class DiffusionBackbone(nn.Module):
         elif cfg.kind == "fixed":
             z = noise_ops.add_noise(latent, self._fixed_noise(latent, T, E), alphas)
         elif cfg.kind == "random":
-            eps = torch.randn((T, E, B, *latent.shape[1:]), device=latent.device, dtype=latent.dtype)
-            z = noise_ops.add_noise(latent, eps, alphas)
+            if cfg.sampling == "independent":
+                eps = torch.randn((T, E, B, *latent.shape[1:]), device=latent.device,
+                                  dtype=latent.dtype)
+            else:  # fresh each call, drawn on the CPU with the variance-reduced scheme
+                eps = noise_ops.noise_draws(T, E, tuple(latent.shape), sampling=cfg.sampling)
+            z = noise_ops.add_noise(latent, eps.to(latent.device, latent.dtype), alphas)
         elif cfg.kind == "none":
             z = latent.unsqueeze(0).unsqueeze(0).expand(T, 1, *latent.shape)
         else:
@@ -413,7 +441,7 @@ class DiffusionBackbone(nn.Module):
         key = (tuple(latent.shape[1:]), latent.dtype, latent.device, T, E)
         if key not in self._noise_cache:
             eps = noise_ops.fixed_noise(self.features.noise.seed, T, E, tuple(latent.shape[1:]),
-                                        dtype=latent.dtype)
+                                        dtype=latent.dtype, sampling=self.features.noise.sampling)
             self._noise_cache[key] = eps.to(latent.device)
         return self._noise_cache[key]
 

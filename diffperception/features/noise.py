@@ -3,26 +3,126 @@
 The batch handed to the trunk is laid out as ``(T, E, B)`` flattened: timesteps outermost, then
 noise draws (ensemble), then images. Fixed noise is shared by all images of a batch (as DIFT
 does), so it does not depend on the batch size and becomes a constant when specialised.
+
+An ensemble averages the features of E noise draws (DIFT: E = 8). How the draws are made
+(``NoiseConfig.sampling``, :func:`noise_draws`) decides how close the E-draw mean comes to the
+mean over all noise:
+
+- ``"independent"``: i.i.d. standard normal draws (the default; what DIFT does);
+- ``"antithetic"``: pairs ``(eps, -eps)`` (antithetic variates): the part of the feature that is
+  odd in the noise cancels exactly within a pair, so for features close to linear in ``eps``
+  (small noise, early timesteps) the error falls much faster than ``1 / sqrt(E)``;
+- ``"sobol"``: randomised quasi-Monte Carlo: points of a scrambled Sobol sequence
+  (``torch.quasirandom.SobolEngine``) mapped through the inverse normal CDF, so that every
+  coordinate of ``eps`` is stratified over the E draws (each of the E equal-probability slices of
+  the normal distribution receives one draw when E is a power of 2). Sobol points have at most
+  ``SobolEngine.MAXDIM`` coordinates; longer noise vectors use independently scrambled blocks
+  ("padding"), which keeps the per-coordinate stratification.
+
+Every draw is still marginally standard normal, so the ensemble mean stays an unbiased estimate of
+the same expected feature; only its variance changes. ``per_image_noise`` gives each image the
+noise of its own seed, so an image's features do not depend on which batch it is in.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
+
+from ..config import NOISE_SAMPLINGS
 
 #: Offset between the seed of the diffusion noise and that of a fixed posterior sample.
 POSTERIOR_SEED_OFFSET = 7919
 
-__all__ = ["predicted_noise", "posterior_noise", "fixed_noise", "add_noise", "check_noise", "ddim_invert", "flatten_batch", "reduce_draws"]
+__all__ = ["predicted_noise", "posterior_noise", "fixed_noise", "per_image_noise", "noise_draws",
+           "add_noise", "check_noise", "ddim_invert", "flatten_batch", "reduce_draws",
+           "NOISE_SAMPLINGS"]
+
+
+def _sobol_normal(num: int, dim: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``(num, dim)`` standard-normal quasi-random draws: scrambled Sobol blocks -> ndtri."""
+    from torch.quasirandom import SobolEngine
+
+    blocks = []
+    for start in range(0, dim, SobolEngine.MAXDIM):
+        width = min(SobolEngine.MAXDIM, dim - start)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        u = SobolEngine(width, scramble=True, seed=seed).draw(num, dtype=torch.float64)
+        blocks.append(u)
+    u = torch.cat(blocks, dim=1)
+    # Scrambled points never hit 0 or 1 exactly in practice; clamp so ndtri stays finite.
+    tiny = torch.finfo(torch.float64).eps
+    return torch.special.ndtri(u.clamp(tiny, 1 - tiny)).float()
+
+
+def noise_draws(num_timesteps: int, ensemble: int, sample_shape: Sequence[int], *,
+                sampling: str = "independent", generator: torch.Generator | None = None,
+                ) -> torch.Tensor:
+    """Standard-normal noise ``(T, E, *sample_shape)`` (float32, CPU) made as ``sampling`` says.
+
+    Args:
+        num_timesteps: T; each timestep gets its own draws.
+        ensemble: E, the draws averaged per timestep.
+        sample_shape: Shape of one draw, e.g. ``(1, C, h, w)`` or ``(B, C, h, w)``.
+        sampling: ``"independent"``, ``"antithetic"`` (draw ``2k`` is ``eps_k``, draw
+            ``2k + 1`` is ``-eps_k``) or ``"sobol"`` (see the module docstring).
+        generator: Seeded CPU generator (None: the global RNG).
+
+    Raises:
+        ValueError: An unknown sampling, or ``"antithetic"`` with an odd ensemble.
+    """
+    if sampling not in NOISE_SAMPLINGS:
+        raise ValueError(f"sampling {sampling!r} is not one of {NOISE_SAMPLINGS}.")
+    shape = (num_timesteps, ensemble, *sample_shape)
+    if sampling == "independent":
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+    dim = math.prod(sample_shape)
+    if sampling == "antithetic":
+        if ensemble % 2:
+            raise ValueError(f"Antithetic draws come in pairs; the ensemble must be even, not {ensemble}.")
+        half = torch.randn((num_timesteps, ensemble // 2, 1, dim), generator=generator,
+                           dtype=torch.float32)
+        return torch.cat([half, -half], dim=2).reshape(shape)  # (T, E/2, 2, dim) -> pairs adjacent
+    points = [_sobol_normal(ensemble, dim, generator) for _ in range(num_timesteps)]
+    return torch.stack(points).reshape(shape)
 
 
 def fixed_noise(seed: int, num_timesteps: int, ensemble: int, latent_shape: tuple[int, ...],
-                *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Seeded noise ``(T, E, 1, C, h, w)``, identical on every call and every device."""
+                *, dtype: torch.dtype = torch.float32, sampling: str = "independent") -> torch.Tensor:
+    """Seeded noise ``(T, E, 1, C, h, w)``, identical on every call and every device.
+
+    Args:
+        seed: Seed of the draws.
+        num_timesteps, ensemble: T and E.
+        latent_shape: ``(C, h, w)``.
+        dtype: Dtype of the result (drawn in float32).
+        sampling: How the E draws are made (:func:`noise_draws`).
+    """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    shape = (num_timesteps, ensemble, 1, *latent_shape)
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype)
+    eps = noise_draws(num_timesteps, ensemble, (1, *latent_shape), sampling=sampling,
+                      generator=generator)
+    return eps.to(dtype)
+
+
+def per_image_noise(seeds: Sequence[int], num_timesteps: int, ensemble: int,
+                    latent_shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32,
+                    sampling: str = "independent") -> torch.Tensor:
+    """Noise ``(T, E, B, C, h, w)`` where image ``b`` gets the fixed noise of seed ``seeds[b]``.
+
+    An image's noise (hence its features) depends on its own seed only, not on the batch it is
+    in or its position there: pass a stable id per image (a data set index) and features are
+    reproducible across batchings and runs. Use it as ``backbone(images, noise=...)``.
+
+    Raises:
+        ValueError: No seeds, or a seed that is not an integer.
+    """
+    if len(seeds) == 0 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers (one per image), got {seeds!r}.")
+    parts = [fixed_noise(s, num_timesteps, ensemble, latent_shape, dtype=dtype, sampling=sampling)
+             for s in seeds]
+    return torch.cat(parts, dim=2)
 
 
 def posterior_noise(seed: int, latent_shape: tuple[int, ...], *,

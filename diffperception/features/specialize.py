@@ -7,6 +7,14 @@
 - the fixed noise and ``abar_t`` become buffers.
 The result takes images only; it is what gets exported. It runs the same stage functions as
 ``DiffusionBackbone`` (``scale_range``, ``noise.add_noise``, ``noise.reduce_draws``).
+
+Memory: the specialised module is a *structural* copy of the backbone's network and VAE encoder
+(``shared_copy``): new module objects, the same weight storage. Building it allocates only the
+few new constants (time-projection biases, fixed K/V, the noise), so building and running it
+needs no more memory than the backbone itself; once the task model is dropped, what the
+specialised graph does not use (text encoders, ``to_k`` / ``to_v`` of baked cross-attentions,
+the time-embedding MLP) is freed with it. ``to_precision`` gives a bf16 / channels-last variant
+that again shares nothing it does not need to.
 """
 
 from __future__ import annotations
@@ -22,7 +30,46 @@ from .noise import add_noise, fixed_noise, posterior_noise, reduce_draws
 from .preprocess import scale_range
 from .trunk import Trunk
 
-__all__ = ["SpecializedBackbone", "bake_cross_attention", "specialize_backbone"]
+__all__ = ["SpecializedBackbone", "bake_cross_attention", "specialize_backbone", "shared_copy",
+           "to_precision"]
+
+
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s module tree that shares the parameter and buffer storage.
+
+    Replacing submodules, registering buffers or converting the copy (``.to(dtype)``,
+    ``.to(memory_format=...)``) leaves the original untouched; only in-place writes into a shared
+    tensor (``param.data.mul_``, ``load_state_dict`` without ``assign``) would reach both.
+    """
+    memo: dict[int, Any] = {}
+    for param in module.parameters():
+        memo[id(param)] = nn.Parameter(param.detach(), requires_grad=param.requires_grad)
+    for buffer in module.buffers():
+        memo[id(buffer)] = buffer
+    return copy.deepcopy(module, memo)
+
+
+def to_precision(special: nn.Module, dtype: torch.dtype, *,
+                 memory_format: torch.memory_format = torch.channels_last) -> nn.Module:
+    """A specialised module in ``dtype`` with 4-D weights in ``memory_format``; ``special`` is
+    not modified (the result is a ``shared_copy``, converted).
+
+    It still takes its inputs in ``dtype`` (cast them, or use the export graph, which casts a
+    float32 input and returns float32 outputs).
+    """
+    trunks = [m for m in special.modules() if isinstance(m, Trunk)]
+    for trunk in trunks:  # copy without the capture hooks (their handles point at the original)
+        trunk.detach_taps()
+    try:
+        converted = shared_copy(special)
+    finally:
+        for trunk in trunks:
+            trunk.attach_taps()
+    converted = converted.to(dtype=dtype).to(memory_format=memory_format)
+    for trunk in [m for m in converted.modules() if isinstance(m, Trunk)]:
+        trunk._handles = []
+        trunk.attach_taps()
+    return converted.eval()
 
 
 @torch.no_grad()
@@ -163,7 +210,7 @@ def _check_specializable(backbone, size) -> tuple[int, int]:
 def _copy_network(backbone) -> nn.Module:
     backbone.trunk.detach_taps()  # copy the network without the original trunk's capture hooks
     try:
-        return copy.deepcopy(backbone.network)
+        return shared_copy(backbone.network)
     finally:
         backbone.trunk.attach_taps()
 
@@ -204,12 +251,13 @@ def specialize_backbone(backbone, *, size: tuple[int, int] | None = None,
     trunk.frozen_timesteps = T
     trunk.attach_taps()
     if features.noise.kind == "fixed":
-        noise = fixed_noise(features.noise.seed, T, E, (channels, *latent_hw), dtype=dtype)
+        noise = fixed_noise(features.noise.seed, T, E, (channels, *latent_hw), dtype=dtype,
+                            sampling=features.noise.sampling)
         alphas = backbone.noise_coefficients[t_index.cpu()].to(dtype)  # (T, 2) signal, noise
     else:
         noise = torch.zeros(T, E, 1, channels, *latent_hw, dtype=dtype)
         alphas = torch.ones(T, dtype=dtype)
-    vae = None if latent_input or backbone.vae is None else copy.deepcopy(backbone.vae)
+    vae = None if latent_input or backbone.vae is None else shared_copy(backbone.vae)
     posterior = None
     if vae is not None and features.noise.posterior == "sample":
         posterior = posterior_noise(features.noise.seed, (channels, *latent_hw), dtype=dtype)

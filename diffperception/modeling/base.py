@@ -153,7 +153,7 @@ class DiffusionPerceptionModel(
             taps: Tap names (see ``diffperception.list_taps``).
             head: Head config ``{"type": name, **arguments}`` (default: the task's).
             labels: Class names (classification).
-            **options: ``timesteps``, ``noise``, ``seed``, ``ensemble``, ``prompt``, ``size``,
+            **options: ``timesteps``, ``noise``, ``seed``, ``ensemble``, ``sampling``, ``prompt``, ``size``,
                 ``dtype``, ``revision``, ``variant``, ``cache_dir``, ``local_files_only``,
                 ``token``, ``inversion_steps`` as for ``DiffusionBackbone.from_diffusers``.
 
@@ -543,6 +543,7 @@ class DiffusionPerceptionModel(
         check_state_dict(expected, loaded, where)
         loaded = {k: v.to(expected[k].dtype) for k, v in loaded.items()}
         self.load_state_dict(loaded, strict=include_trunk, assign=True)
+        self.backbone.apply_memory_format()  # assign=True replaced the tensors with contiguous ones
         empty = [n for n, t in chain(self.named_parameters(), self.named_buffers()) if t.is_meta]
         if empty:
             raise RuntimeError(f"After loading, tensors {format_keys(empty)} still have no values; the "

@@ -19,6 +19,7 @@ from diffperception.benchmarks.machine import describe_machine
 from diffperception.benchmarks.report import load_results, write_report
 from diffperception.benchmarks.run_one import parity, reference_path, step_reference
 from diffperception.benchmarks.runner import run_scenarios
+from diffperception.benchmarks.suites import bf16
 
 TAPS = ("up_ft.1", "mid_block", "down_blocks.1",
         "up_blocks.1.attentions.0.transformer_blocks.0.attn1")
@@ -43,8 +44,10 @@ def machine() -> dict:
 def results(cache_dir, tiny_folder, machine, tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "tiny.jsonl"
     base = Scenario("tiny", 64, batch=2, warmup=0, iters=2)
-    scenarios = [replace(base, backend="full_forward"), replace(base, backend="specialized", view="e2e")]
-    return out, run_scenarios(scenarios, out, cache_dir=cache_dir, machine=machine, log=lambda m: None)
+    scenarios = [replace(base, backend="full_forward"), replace(base, backend="specialized", view="e2e"),
+                 bf16(replace(base, backend="torchscript"))]
+    return out, run_scenarios(scenarios, out, cache_dir=cache_dir, machine=machine, log=lambda m: None,
+                              quiet_sample_s=0.5)
 
 
 def test_scenario_round_trips_and_rejects_bad_fields():
@@ -83,11 +86,18 @@ def test_baselines_and_specialised_trunk_compute_the_same_features(tiny_folder, 
 def test_each_scenario_writes_a_complete_checked_line(results):
     out, rows = results
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 2
+    assert len(lines) == 3
     for line in lines:
         assert list(line) == list(RESULT_FIELDS)
         assert line["status"] == "ok", line["error"]
-        assert line["parity_ok"] and line["parity_max_rel"] <= 1e-5
+        assert line["parity_ok"] and line["parity_cosine"] >= 0.999
+        assert line["foreign_cores"] is not None and line["foreign_cores"] >= 0
+        assert line["loaded"] == (max(line["foreign_cores"], line["foreign_cores_before"]) > 0.15)
+        assert set(line["machine"]["isa"]) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    low = lines.pop()  # bf16 weights, channels-last, exported: checked against the fp32 full forward
+    assert low["scenario"]["precision"] == "bfloat16" and 1e-4 < low["parity_max_rel"] <= 5e-2
+    for line in lines:
+        assert line["parity_max_rel"] <= 1e-5
         assert len(line["times_s"]) == 2 and line["p50_s"] > 0 and line["throughput_img_s"] > 0
         assert line["max_rss_mb"] > 0 and line["load_s"] > 0 and line["flops"] > 0
         assert line["achieved_gflops"] > 0 and line["frac_theoretical_peak"] > 0
@@ -134,7 +144,11 @@ def test_onnx_attention_fusion_keeps_features(tiny_folder, tmp_path):
 
 
 def test_report_renders_table_goals_and_png(results, tmp_path):
-    out, _ = results
+    out, rows = results
+    quiet = tmp_path / "quiet.jsonl"  # as if measured on an idle machine (this one is shared)
+    quiet.write_text("".join(json.dumps({**json.loads(line), "loaded": False}) + "\n"
+                             for line in out.read_text().splitlines()))
+    out = quiet
     report = write_report([out], tmp_path)
     text = report.read_text()
     assert "| backend | p50 s |" in text and "full_forward" in text and "specialized" in text
@@ -153,10 +167,14 @@ def test_goals_are_computed_from_the_goal_scenarios(results):
         row["p50_s"], row["achieved_gflops"], row["frac_matmul_peak"] = p50, 1.0, 0.95
         row["frac_theoretical_peak"] = 0.5
         row["machine"]["matmul_gflops"] = 100.0
+    rows[1]["parity_cosine"] = 0.9995
     text = "\n".join(goal_lines(rows))
-    assert "10.00 s = 3.33x (goal 2.5x): **met**" in text
-    assert "95% of the measured matmul peak" in text
+    assert "10.00 s = 3.33x, feature cosine 0.99950 vs fp32 (goal 3.0x): **met**" in text
+    assert "95% of the measured fp32 matmul peak" in text
     assert "Trunk, batch 4, vs full forward: not measured." in text
+    assert "peak memory of every backend <= full forward" in text
+    rows[1]["parity_cosine"] = 0.99  # features too far from fp32: not a candidate for the goal
+    assert "vs full forward: not measured." in "\n".join(goal_lines(rows)).split("\n")[0]
 
 
 def test_cli_lists_suites_and_rejects_unknown_ones(capsys):
@@ -166,3 +184,61 @@ def test_cli_lists_suites_and_rejects_unknown_ones(capsys):
     assert "sd15-512-b1-up_ft.1-t261-trunk-onnxruntime_fused-float32-cpu" in capsys.readouterr().out
     assert main(["bench", "--suite", "nope"]) == 2
     assert "Unknown suite" in capsys.readouterr().err
+
+
+def test_isa_flags_are_read_from_a_cpuinfo_flags_line():
+    from diffperception.benchmarks.machine import isa_flags
+
+    flags = isa_flags("fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16")
+    assert flags["avx512_bf16"] and flags["amx_bf16"] and flags["avx2"] and not flags["amx_int8"]
+    assert not any(isa_flags("fpu sse sse2").values())
+
+
+def test_foreign_load_counts_other_processes_only(monkeypatch):
+    import itertools
+
+    from diffperception.benchmarks import runner
+
+    # machine busy 10 s, of which 6 s are ours, over 4 s of wall time: 1 core of others
+    busy, own, wall = iter([100.0, 110.0]), iter([50.0, 56.0]), iter([0.0, 4.0])
+    monkeypatch.setattr(runner, "_cpu_busy_s", lambda: next(busy))
+    monkeypatch.setattr(runner, "_own_cpu_s", lambda: next(own))
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(wall))
+    with runner.ForeignLoad() as load:
+        pass
+    assert load.cores == pytest.approx(1.0)
+    assert runner.is_loaded([load.cores, 0.0]) is True
+    assert runner.is_loaded([0.05, 0.1]) is False
+    assert runner.is_loaded([None, None]) is None
+    monkeypatch.setattr(runner, "_cpu_busy_s", lambda: None)  # no /proc/stat: unknown, not quiet
+    monkeypatch.setattr(runner.time, "monotonic", lambda c=itertools.count(): float(next(c)))
+    monkeypatch.setattr(runner, "_own_cpu_s", lambda: 0.0)
+    with runner.ForeignLoad() as unknown:
+        pass
+    assert unknown.cores is None
+
+
+def test_report_and_readme_quote_quiet_rows_only(results, tmp_path):
+    from diffperception.benchmarks.report import README_END, README_START, is_loaded, update_readme
+
+    _, rows = results
+    rows = [json.loads(json.dumps(r)) for r in rows[:2]]
+    for row in rows:
+        row["scenario"].update(arch="sd15", resolution=512, batch=1, view="trunk")
+    rows[0].update(loaded=False, p50_s=7.5)
+    rows[1].update(loaded=True, p50_s=1.25)
+    out = tmp_path / "rows.jsonl"
+    out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = write_report([out], tmp_path / "report").read_text()
+    assert "7.50" in text and "1.25" not in text
+    assert "## Measured under load (timings not quoted)" in text and rows[1]["key"] in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{README_START}\nold table\n{README_END}\nafter\n")
+    update_readme(readme, rows)
+    body = readme.read_text()
+    assert "old table" not in body and "before" in body and "after" in body
+    assert "| full_forward | 7.50 |" in body and "1.25" not in body
+    # a line from before the load mark: judged by its 1-minute load average
+    assert is_loaded({"load_avg_start": 3.2}) and not is_loaded({"load_avg_start": 0.2})
+    with pytest.raises(ValueError, match="markers"):
+        update_readme(tmp_path / "report" / "REPORT.md", rows)

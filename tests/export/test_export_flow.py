@@ -110,8 +110,8 @@ def test_builtin_exporters_are_registered_with_suffix_and_precisions() -> None:
     assert list_exporters() == ["onnx", "pt2", "tensorrt", "torchscript"]
     table = {name: (registry.get_exporter(name).suffix, registry.get_exporter(name).precisions)
              for name in list_exporters()}
-    assert table == {"onnx": (".onnx", ("fp32", "fp16")), "pt2": (".pt2", ("fp32",)),
-                     "tensorrt": (".engine", ("fp32", "fp16", "bf16")), "torchscript": (".pt", ("fp32",))}
+    assert table == {"onnx": (".onnx", ("fp32", "fp16")), "pt2": (".pt2", ("fp32", "bf16")),
+                     "tensorrt": (".engine", ("fp32", "fp16", "bf16")), "torchscript": (".pt", ("fp32", "bf16"))}
     with pytest.raises(ValueError, match="already registered"):
         register_exporter("onnx", suffix=".x")(type("Other", (Exporter,), {}))
     with pytest.raises(ValueError, match="Unknown precisions"):
