@@ -8,6 +8,7 @@ impossible values are rejected, with a message naming the key, the value and wha
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -317,7 +318,7 @@ class TaskConfig:
         """
         if not isinstance(data, dict):
             raise ValueError(f"config must be a JSON object, got {type(data).__name__}.")
-        data = dict(data)
+        data = copy.deepcopy(data)  # the config owns its lists and dicts, not the caller
         fmt = data.get("config_format", CONFIG_FORMAT_VERSION)
         if not isinstance(fmt, int) or fmt > CONFIG_FORMAT_VERSION:
             raise ValueError(

@@ -68,21 +68,17 @@ class Benchmark:
     Attributes:
         name: The registered name.
         task_type: The model card's task type (``"image-classification"``, ...).
-        description: One line for ``diffperception evaluate --help``.
+        description: One line describing the protocol.
     """
 
     name: ClassVar[str] = ""
     task_type: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
-    @classmethod
-    def add_arguments(cls, parser: Any) -> None:
-        """Benchmark-specific ``argparse`` options (none by default); their values reach
-        ``run`` as keyword arguments when set."""
-
     def run(self, model: Any, data: str | os.PathLike, split: str, *, batch_size: int = 32,
             seed: int = 0, progress: bool = True, **options: Any) -> BenchmarkResult:
-        """Evaluates ``model`` on ``split`` of the benchmark at ``data``.
+        """Evaluates ``model`` on ``split`` of the benchmark at ``data``; ``options`` are the
+        benchmark's own settings (``--benchmark-option KEY=VALUE`` on the command line).
 
         Raises:
             FileNotFoundError: ``data`` does not hold the benchmark's layout.

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..deploy.contract import IMAGES, METADATA_PREFIX
+
 __all__ = ["export_free_text_onnx"]
 
 
@@ -38,7 +40,7 @@ def export_free_text_onnx(model: nn.Module, path: str | Path, texts: Sequence[st
         opset: ONNX opset (>= 17).
 
     Returns:
-        ``{"path", "inputs", "outputs", "max_abs", "max_rel"}`` (parity against eager).
+        ``{"path", "input_names", "output_names", "max_abs", "max_rel"}`` (parity against eager).
 
     Raises:
         RuntimeError: onnx / onnxruntime missing, or parity worse than 1e-4 (relative).
@@ -65,20 +67,21 @@ def export_free_text_onnx(model: nn.Module, path: str | Path, texts: Sequence[st
     path.parent.mkdir(parents=True, exist_ok=True)
     program = torch.onnx.export(_Tuple(special).eval(), (images, context), dynamo=True,
                                 opset_version=opset, optimize=True, verbose=False,
-                                input_names=["images", "text_context"], output_names=["scores"])
+                                input_names=[IMAGES, "text_context"], output_names=["scores"])
     proto = program.model_proto
+    # not a kit contract (the kit runs one-input graphs): the shapes and the source config only
     onnx.helper.set_model_props(proto, {
-        "diffperception.inputs": json.dumps({"images": [batch, 3, *special.size],
-                                             "text_context": list(context.shape)}),
-        "diffperception.config": json.dumps(special.source_config)})
+        METADATA_PREFIX + "free_text_shapes": json.dumps({IMAGES: [batch, 3, *special.size],
+                                                          "text_context": list(context.shape)}),
+        METADATA_PREFIX + "free_text_config": json.dumps(special.source_config)})
     onnx.save_model(proto, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": images.numpy(), "text_context": context.numpy()})[0]
+    got = session.run(None, {IMAGES: images.numpy(), "text_context": context.numpy()})[0]
     expected = special(images, context)["scores"]
     diff = (torch.from_numpy(got) - expected).abs().max().item()
     rel = diff / max(1.0, expected.abs().max().item())
     if rel > 1e-4:
         raise RuntimeError(f"The free-text ONNX graph differs from eager PyTorch by {diff:.3g} "
                            f"(relative {rel:.3g}).")
-    return {"path": str(path), "inputs": ["images", "text_context"], "outputs": ["scores"],
-            "max_abs": diff, "max_rel": rel}
+    return {"path": str(path), "input_names": [IMAGES, "text_context"],
+            "output_names": ["scores"], "max_abs": diff, "max_rel": rel}

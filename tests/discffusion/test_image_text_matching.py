@@ -119,4 +119,4 @@ def test_free_text_matching_module_and_onnx(tiny_repos, tmp_path):
         got = special(images, model.encode_texts(TEXTS)[0])["scores"]
     assert torch.allclose(got, model.score(images, TEXTS), atol=1e-5)
     result = export_free_text_onnx(model, tmp_path / "free.onnx", TEXTS[:2], batch=2)
-    assert result["inputs"] == ["images", "text_context"] and result["max_rel"] <= 1e-4
+    assert result["input_names"] == ["images", "text_context"] and result["max_rel"] <= 1e-4

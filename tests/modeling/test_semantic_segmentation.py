@@ -80,3 +80,14 @@ class TestSemanticSegmentation(TaskModelTesterMixin):
         with pytest.raises(ValueError, match=message):
             DiffusionPerceptionForSemanticSegmentation({**self.get_init_dict(tiny_repos),
                                                         "task": task})
+
+
+def test_the_config_does_not_share_the_callers_dicts(tiny_repos):
+    from diffperception import TaskConfig
+
+    data = TestSemanticSegmentation().get_init_dict(tiny_repos)
+    data["labels"] = list(LABELS)  # the test's own list, edited below
+    config = TaskConfig.from_dict(data)
+    data["task"]["ignore_index"] = 7
+    data["labels"].append("water")
+    assert config.task == {"ignore_index": 255} and config.labels == LABELS
