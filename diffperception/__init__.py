@@ -32,6 +32,7 @@ __getattr__, __dir__, _names = attach(__name__, {
     "AutoDiffusionPerception": ".modeling",
     "DiffusionPerceptionForFeatureExtraction": ".modeling",
     "DiffusionPerceptionForImageClassification": ".modeling",
+    "DiffusionPerceptionForImageRetrieval": ".modeling",
     "DiffusionPerceptionForSemanticSegmentation": ".modeling",
     "Learnable": ".modeling",
     "list_models": ".modeling",

@@ -16,4 +16,4 @@ from .base import Head, HeadOutput, build_head, get_head_class, list_heads, regi
 
 __all__ = ["Head", "HeadOutput", "build_head", "get_head_class", "list_heads", "register_head"]
 
-from . import attention, diffeed, difformer, identity, linear, segmentation  # noqa: E402,F401  (registration)
+from . import attention, diffeed, difformer, identity, linear, segmentation, vermouth  # noqa: E402,F401,E501  (registration)

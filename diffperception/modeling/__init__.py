@@ -4,6 +4,7 @@ from .auto import AutoDiffusionPerception
 from .base import DiffusionPerceptionModel
 from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable, LearnablePrompt
 from .image_classification import DiffusionPerceptionForImageClassification
+from .image_retrieval import DiffusionPerceptionForImageRetrieval, ImageRetrievalOutput
 from .outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from .semantic_segmentation import DiffusionPerceptionForSemanticSegmentation
 from .presets import list_presets, load_preset
@@ -13,6 +14,8 @@ __all__ = [
     "AutoDiffusionPerception",
     "DiffusionPerceptionForFeatureExtraction",
     "DiffusionPerceptionForImageClassification",
+    "DiffusionPerceptionForImageRetrieval",
+    "ImageRetrievalOutput",
     "DiffusionPerceptionForSemanticSegmentation",
     "DiffusionPerceptionModel",
     "ImageClassifierOutput",
