@@ -25,6 +25,10 @@ __all__ = ["DiffusionPerceptionForSemanticSegmentation"]
 DEFAULT_IGNORE_INDEX = 255
 
 
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(),) + tuple(args[1:]) if args else args
+
+
 @register_model
 class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
                                                  pipeline_tag="image-segmentation"):
@@ -58,6 +62,8 @@ class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
             for module in self.backbone.network.modules():
                 if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
                     module.requires_grad_(True)
+                    # torch 2.13's CPU GroupNorm backward crashes on a channels-last input
+                    module.register_forward_pre_hook(_contiguous_input)
             self.head.trains_through_trunk = True
 
     def _check_unbundled_base(self) -> None:
