@@ -19,7 +19,7 @@ RECIPE_LEARNING_RATES: dict[str, float] = {
     "linear": 1e-2, "attention": 5e-2, "difformer": 5e-2, "diffeed": 1e-2,
 }
 DEFAULT_LEARNING_RATE = 1e-2
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CACHE_MODES = ("auto", "on", "off")
 
@@ -50,9 +50,11 @@ class TrainingArguments:
     Attributes:
         output_dir: Where checkpoints, the log, the curves and the final model go.
         epochs: Number of epochs (28).
-        learning_rate: None: the recipe's rate for the head type (``recipe_learning_rate``).
+        learning_rate: None: the task's recipe (for a classifier the released code's rate for the
+            head type, ``recipe_learning_rate``).
         batch_size: Images per batch and process (32).
-        optimizer: ``"sgd"`` (the code) or ``"adam"`` (the paper).
+        optimizer: None: the task's recipe (``"sgd"`` for a classifier, the code's); ``"sgd"``,
+            ``"adam"`` (the text-free paper's) or ``"adamw"``.
         momentum, weight_decay: SGD's (0 and 0 in the code).
         lr_step_epochs, lr_gamma: StepLR's step (7 epochs) and factor (0.1).
         augment: ``"code"`` (random scale-crop + flip), ``"paper"`` (centre crop + flip) or
@@ -77,7 +79,7 @@ class TrainingArguments:
     epochs: int = 28
     learning_rate: float | None = None
     batch_size: int = 32
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_step_epochs: int = 7
@@ -98,7 +100,7 @@ class TrainingArguments:
         """Raises ValueError naming the option, its value and what is allowed."""
         from ..data import AUGMENTATIONS
 
-        choices = {"optimizer": OPTIMIZERS, "augment": AUGMENTATIONS,
+        choices = {"optimizer": (None, *OPTIMIZERS), "augment": AUGMENTATIONS,
                    "mixed_precision": MIXED_PRECISION, "feature_cache": CACHE_MODES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -113,11 +115,16 @@ class TrainingArguments:
         if self.num_workers < 0:
             raise ValueError(f"num_workers = {self.num_workers!r} is invalid: >= 0.")
 
-    def resolved(self, head_type: str) -> dict[str, Any]:
-        """The options as saved next to the checkpoints, with the learning rate filled in."""
+    def resolved(self, recipe: dict[str, Any] | str) -> dict[str, Any]:
+        """The options as saved next to the checkpoints, with the optimiser and learning rate the
+        user left unset taken from ``recipe`` (a task's ``recipe()``; a head type string means
+        the classification recipe: SGD at ``recipe_learning_rate(head_type)``)."""
+        if isinstance(recipe, str):
+            recipe = {"optimizer": "sgd", "learning_rate": recipe_learning_rate(recipe)}
         data = asdict(self)
-        if data["learning_rate"] is None:
-            data["learning_rate"] = recipe_learning_rate(head_type)
+        for key in ("optimizer", "learning_rate"):
+            if data[key] is None:
+                data[key] = recipe[key]
         return data
 
     #: Options a resumed run must share with the run it continues.

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=28)
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's per head")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    parser.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adamw"],
+                        help="default: the task's recipe (sgd for the classification heads)")
     parser.add_argument("--augment", default="code", choices=["code", "paper", "none"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
@@ -64,13 +65,24 @@ def _config(args: argparse.Namespace) -> dict:
     return json.loads(path.read_text())
 
 
+def _has_class_labels(dataset) -> bool:
+    feature = getattr(dataset, "features", {}).get("label") if hasattr(dataset, "features") \
+        else None
+    return getattr(feature, "names", None) is not None
+
+
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from accelerate.utils import set_seed
 
-    from . import TrainingArguments, class_names, classifier_from_config, load_split, train
+    from . import TrainingArguments, class_names, load_split, model_from_config, train
 
     head = json.loads(args.head) if args.head else None
+    config = _config(args)
+    if config.get("architecture") == "DiffusionPerceptionForFeatureExtraction" and head is None:
+        raise ValueError(f"{args.preset or args.config} is a feature extractor: there is nothing "
+                         "to train. Give it a head with --head, e.g. --head "
+                         "'{\"type\": \"linear\", \"pool\": 2}', or pick a task preset.")
     train_data = load_split(args.data, args.split, shots=args.shots, fraction=args.fraction,
                             seed=args.seed)
     eval_data = load_split(args.data, args.eval_split) if args.eval_split else None
@@ -82,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
         bundle_trunk=not args.no_bundle_trunk, progress=not args.quiet, cpu=args.cpu)
     options.validate()
     set_seed(args.seed)  # the head's initialisation
-    model = classifier_from_config(
-        _config(args), labels=class_names(train_data), repo_id=args.repo, revision=args.revision,
+    # class names come from the data when its "label" column names classes
+    labels = class_names(train_data) if _has_class_labels(train_data) else None
+    model = model_from_config(
+        config, labels=labels, repo_id=args.repo, revision=args.revision,
         head=head, taps=_split_list(args.taps), timesteps=_split_list(args.timesteps, int))
     history = train(model, train_data, options, eval_data=eval_data)
     last = history[-1] if history else {}

@@ -31,7 +31,8 @@ from torch import nn
 
 from ..data import TransformedImages, collate_images
 from .arguments import TrainingArguments, cpu_only
-from .feature_cache import CachedFeatures, FeatureCache, content_key, is_cacheable, share
+from .feature_cache import CachedFeatures, FeatureCache, content_key, share
+from .task import StepOutput, TrainingTask, input_size, training_task
 from .history import plot_curves, write_log
 
 __all__ = ["train", "TrainStep", "input_size", "latest_checkpoint", "CHECKPOINTS_DIR"]
@@ -42,49 +43,20 @@ TRAINABLE_NAME = "trainable.safetensors"
 
 
 class TrainStep(nn.Module):
-    """The module ``accelerate`` prepares: a batch in, ``(loss, logits)`` out.
-
-    A batch of images goes through the whole task model; a batch of cached features goes
-    through its head only (``model.head(features, labels=...)``).
+    """The module ``accelerate`` prepares: a batch in, the task's ``StepOutput`` out.
 
     Args:
-        model: The task model (an image classifier).
+        model: The task model.
+        task: Its ``TrainingTask`` (loss and metrics of a batch).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, task: TrainingTask) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.task = model, task
 
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(loss (), logits (B, num_labels))``."""
-        if "features" in batch:
-            out = self.model.head(batch["features"], labels=batch["labels"])
-        else:
-            out = self.model(batch["pixel_values"], labels=batch["labels"])
-        return out.loss, out.logits
-
-
-def input_size(model: nn.Module) -> int:
-    """The side ``S`` of the square images the backbone takes (``preprocess.size`` or native).
-
-    Raises:
-        ValueError: A backbone that takes non-square images.
-    """
-    size = model.config.preprocess.size or list(model.backbone.native_size)
-    if size[0] != size[1]:
-        raise ValueError(f"config['preprocess']['size'] = {size} is not square; the training "
-                         "transforms make S x S crops (set a square size).")
-    return int(size[0])
-
-
-def _check_data(model: nn.Module, dataset: Any, name: str) -> None:
-    labels = model.config.labels or []
-    names = list(dataset.features["label"].names)
-    if len(names) > len(labels):
-        raise ValueError(f"The {name} data has {len(names)} classes {names[:5]}...; the model "
-                         f"has {len(labels)} labels. Build it with the data's class names.")
-    if len(dataset) == 0:
-        raise ValueError(f"The {name} data is empty.")
+    def forward(self, batch: dict[str, Any]) -> StepOutput:
+        """The batch's loss and per-sample metrics."""
+        return self.task.step(self.model, batch)
 
 
 def _cached_view(model: nn.Module, cache: FeatureCache, dataset: Any, accelerator: Any,
@@ -106,10 +78,11 @@ def _cached_view(model: nn.Module, cache: FeatureCache, dataset: Any, accelerato
     return CachedFeatures(cache, keys, dataset["label"])
 
 
-def _views(model: nn.Module, train_data: Any, eval_data: Any, args: TrainingArguments,
-           accelerator: Any) -> tuple[Any, Any]:
-    """The training and evaluation sets: cached features where possible, else images."""
-    cacheable, why = is_cacheable(model)
+def _views(model: nn.Module, task: TrainingTask, train_data: Any, eval_data: Any,
+           args: TrainingArguments, accelerator: Any) -> tuple[Any, Any]:
+    """The training and evaluation sets: cached features where possible, else the task's
+    views."""
+    cacheable, why = task.cacheable(model)
     if args.feature_cache == "on" and (not cacheable or args.augment != "none"):
         reason = why or f"augment = {args.augment!r} changes the images every epoch"
         raise ValueError(f"feature_cache='on' but the training features cannot be cached: "
@@ -117,15 +90,16 @@ def _views(model: nn.Module, train_data: Any, eval_data: Any, args: TrainingArgu
     cache = None
     if cacheable and args.feature_cache != "off":
         cache = FeatureCache.for_model(model, args.cache_dir)
-    size = input_size(model)
     if cache is not None and args.augment == "none":
         train_view = _cached_view(model, cache, train_data, accelerator, args)
     else:
-        train_view = TransformedImages(train_data, size, args.augment, args.seed)
+        train_view = task.view(model, train_data, augment=args.augment, seed=args.seed,
+                               train=True)
     eval_view = None
     if eval_data is not None:
         eval_view = (_cached_view(model, cache, eval_data, accelerator, args) if cache is not None
-                     else TransformedImages(eval_data, size, "none"))
+                     else task.view(model, eval_data, augment="none", seed=args.seed,
+                                    train=False))
     return train_view, eval_view
 
 
@@ -137,6 +111,9 @@ def _optimizer(model: nn.Module, options: dict[str, Any]) -> torch.optim.Optimiz
     if options["optimizer"] == "adam":
         return torch.optim.Adam(params, lr=options["learning_rate"],
                                 weight_decay=options["weight_decay"])
+    if options["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=options["learning_rate"],
+                                 weight_decay=options["weight_decay"])
     return torch.optim.SGD(params, lr=options["learning_rate"], momentum=options["momentum"],
                            weight_decay=options["weight_decay"])
 
@@ -146,18 +123,23 @@ def _register_trainable_state(accelerator: Any, model: nn.Module) -> None:
     from safetensors.torch import load_file, save_file
 
     prefixes = tuple(model.trunk_prefixes)
+    # parameters inside the trunk that train (normalisation affines, prompt additions) are kept
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def keep(key: str) -> bool:
+        return not key.startswith(prefixes) or key in trained
 
     def save(models: list, weights: list, output_dir: str) -> None:
         if accelerator.is_main_process:
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                     if not k.startswith(prefixes)}
+                     if keep(k)}
             save_file(state, str(Path(output_dir) / TRAINABLE_NAME))
         weights.clear()  # the trunk is frozen: accelerate writes no full copy of it
 
     def load(models: list, input_dir: str) -> None:
         state = load_file(str(Path(input_dir) / TRAINABLE_NAME))
         result = model.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(prefixes)]
+        missing = [k for k in result.missing_keys if keep(k)]
         if missing or result.unexpected_keys:
             raise RuntimeError(f"{input_dir} does not match the model: missing {missing}, "
                                f"unexpected {result.unexpected_keys}.")
@@ -227,36 +209,41 @@ def _resume(accelerator: Any, output_dir: Path, args: TrainingArguments,
 def _run_epoch(accelerator: Any, step: nn.Module, loader: Any,
                optimizer: torch.optim.Optimizer | None, desc: str, progress: bool
                ) -> dict[str, float]:
-    """One pass over ``loader``; trains when an optimiser is given. Returns loss and accuracy."""
+    """One pass over ``loader``; trains when an optimiser is given. Returns the mean loss and
+    the mean of each per-sample metric, every sample counted once (``gather_for_metrics``)."""
     from tqdm.auto import tqdm
 
     task_model = accelerator.unwrap_model(step).model
     task_model.train(optimizer is not None)
     task_model.backbone.eval()  # the frozen trunk stays in inference mode
-    total_loss = torch.zeros((), dtype=torch.float64)
-    correct = count = 0
+    totals: dict[str, torch.Tensor] = {}
+    count = 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False,
                disable=not (progress and accelerator.is_local_main_process))
     for batch in bar:
         with torch.set_grad_enabled(optimizer is not None):
-            loss, logits = step(batch)  # (), (B, num_labels)
+            out = step(batch)
         if optimizer is not None:
-            accelerator.backward(loss)
+            accelerator.backward(out.loss)
             optimizer.step()
             optimizer.zero_grad()
-        labels = batch["labels"]
-        losses, preds, labels = accelerator.gather_for_metrics(
-            (loss.detach().float().repeat(labels.shape[0]), logits.argmax(-1), labels))
-        total_loss += losses.double().sum().cpu()
-        correct += int((preds == labels).sum())
-        count += int(labels.numel())
-        bar.set_postfix(loss=float(loss.detach()))
-    return {"loss": float(total_loss) / count, "accuracy": correct / count}
+        size = len(batch["index"])
+        values = {"loss": out.loss.detach().float().repeat(size),
+                  **{k: v.detach().float() for k, v in out.per_sample.items()}}
+        gathered = accelerator.gather_for_metrics(values)
+        for key, value in gathered.items():
+            totals[key] = totals.get(key, torch.zeros((), dtype=torch.float64)) \
+                + value.double().sum().cpu()
+        count += int(gathered["loss"].numel())
+        bar.set_postfix(loss=float(out.loss.detach()))
+    return {key: float(total) / count for key, total in totals.items()}
 
 
-def _loader(dataset: Any, args: TrainingArguments, shuffle: bool) -> torch.utils.data.DataLoader:
+def _loader(dataset: Any, args: TrainingArguments, shuffle: bool, task: TrainingTask
+            ) -> torch.utils.data.DataLoader:
+    collate = collate_images if isinstance(dataset, CachedFeatures) else task.collate
     return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=shuffle,
-                                       collate_fn=collate_images, num_workers=args.num_workers)
+                                       collate_fn=collate, num_workers=args.num_workers)
 
 
 def _accelerator(args: TrainingArguments) -> Any:
@@ -284,52 +271,56 @@ def train(model: nn.Module, train_data: Any, args: TrainingArguments, *,
     """Trains a task model's trainable parameters; saves it with ``save_pretrained``.
 
     Args:
-        model: An image-classification task model (``DiffusionPerceptionForImageClassification``)
-            whose labels cover the data's classes; its trunk is frozen.
-        train_data: The training split (``load_image_dataset``: ``image`` and ``label`` columns).
+        model: A task model with a ``training_task()`` (an image classifier, whose labels
+            cover the data's classes, or a method task model); its trunk is frozen.
+        train_data: The training split (for a classifier ``load_image_dataset``: ``image`` and
+            ``label`` columns; other tasks say what they read).
         args: The options (``TrainingArguments``; the defaults are the paper's code's recipe).
         eval_data: A split evaluated after every epoch (optional).
 
     Returns:
-        One record per epoch: ``epoch``, ``lr``, ``train_loss``, ``train_accuracy``,
-        ``eval_loss`` / ``eval_accuracy`` (with ``eval_data``), ``seconds``, ``cached``.
+        One record per epoch: ``epoch``, ``lr``, ``train_loss`` and ``train_<metric>`` for the
+        task's metrics (``train_accuracy`` for a classifier), ``eval_loss`` / ``eval_<metric>``
+        (with ``eval_data``), ``seconds``, ``cached``.
 
     Raises:
-        ValueError: Invalid options, data with more classes than the model's labels, a model
-            without trainable parameters, checkpoints in ``output_dir`` without ``resume``, or
+        ValueError: Invalid options, a model without a training task, data the task refuses
+            (e.g. more classes than the model's labels), a model without trainable parameters, checkpoints in ``output_dir`` without ``resume``, or
             ``feature_cache="on"`` with features that change between epochs.
     """
     args.validate()
-    _check_data(model, train_data, "training")
+    task = training_task(model)
+    task.check_data(model, train_data, "training")
     if eval_data is not None:
-        _check_data(model, eval_data, "evaluation")
+        task.check_data(model, eval_data, "evaluation")
     output_dir = Path(args.output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
-    options = args.resolved(model.config.head.type)
+    options = args.resolved(task.recipe(model))
     accelerator = _accelerator(args)
     model.to(accelerator.device)
-    train_view, eval_view = _views(model, train_data, eval_data, args, accelerator)
+    train_view, eval_view = _views(model, task, train_data, eval_data, args, accelerator)
     optimizer = _optimizer(model, options)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_step_epochs, args.lr_gamma)
-    loaders = [_loader(train_view, args, True)] + ([_loader(eval_view, args, False)]
-                                                    if eval_view is not None else [])
-    step, optimizer, scheduler, *loaders = accelerator.prepare(TrainStep(model), optimizer,
+    loaders = [_loader(train_view, args, True, task)] + (
+        [_loader(eval_view, args, False, task)] if eval_view is not None else [])
+    step, optimizer, scheduler, *loaders = accelerator.prepare(TrainStep(model, task), optimizer,
                                                                scheduler, *loaders)
     _register_trainable_state(accelerator, model)
     start, history = _resume(accelerator, output_dir, args, options)
     for epoch in range(start, args.epochs):
         began = time.perf_counter()
         loaders[0].set_epoch(epoch)
-        train_view.set_epoch(epoch)
+        if hasattr(train_view, "set_epoch"):
+            train_view.set_epoch(epoch)
         record = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
         desc = f"epoch {epoch + 1}/{args.epochs}"
         metrics = _run_epoch(accelerator, step, loaders[0], optimizer, desc, args.progress)
-        record.update(train_loss=metrics["loss"], train_accuracy=metrics["accuracy"])
+        record.update({f"train_{k}": v for k, v in metrics.items()})
         if eval_view is not None:
             with torch.no_grad():
                 metrics = _run_epoch(accelerator, step, loaders[1], None, "evaluating",
                                      args.progress)
-            record.update(eval_loss=metrics["loss"], eval_accuracy=metrics["accuracy"])
+            record.update({f"eval_{k}": v for k, v in metrics.items()})
         scheduler.step()
         record.update(seconds=time.perf_counter() - began,
                       cached=isinstance(train_view, CachedFeatures))

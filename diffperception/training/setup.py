@@ -16,7 +16,8 @@ from torch import nn
 from ..config import TaskConfig
 from ..data import class_names, few_shot, label_fraction, load_image_dataset
 
-__all__ = ["load_split", "classifier_from_config", "class_names", "CLASSIFIER"]
+__all__ = ["load_split", "classifier_from_config", "model_from_config", "class_names",
+           "CLASSIFIER"]
 
 CLASSIFIER = "DiffusionPerceptionForImageClassification"
 
@@ -65,6 +66,35 @@ def classifier_from_config(config: dict[str, Any] | TaskConfig, *, labels: Seque
         ValueError: A config of another task, a feature extractor without ``head``, or an
             invalid config.
     """
+    data = copy.deepcopy(config.to_dict() if isinstance(config, TaskConfig) else dict(config))
+    architecture = CLASSIFIER if head is not None and data["architecture"] == \
+        "DiffusionPerceptionForFeatureExtraction" else data["architecture"]
+    if architecture != CLASSIFIER:
+        raise ValueError(f"config['architecture'] = {data['architecture']!r}: training needs "
+                         f"{CLASSIFIER!r} (or a feature-extraction config with a head, "
+                         "e.g. --head '{\"type\": \"linear\", \"pool\": 2}').")
+    return model_from_config(data, labels=labels, repo_id=repo_id, revision=revision, head=head,
+                             taps=taps, timesteps=timesteps, **hub_kwargs)
+
+
+def model_from_config(config: dict[str, Any] | TaskConfig, *, labels: Sequence[str] | None = None,
+                      repo_id: str | os.PathLike | None = None, revision: str | None = None,
+                      head: dict[str, Any] | None = None, taps: Sequence[str] | None = None,
+                      timesteps: Sequence[int] | None = None, **hub_kwargs: Any) -> nn.Module:
+    """The task model a preset / config dict names (any registered architecture).
+
+    Args:
+        config: A preset (``load_preset``) or ``config.json`` dict.
+        labels: Replace the config's labels (e.g. the data's class names); None keeps them.
+        repo_id, revision: Another base model (a Hub repo id or a local diffusers folder).
+        head: Replaces ``config["head"]``; a feature-extraction config with a head becomes an
+            image classifier.
+        taps, timesteps: Replace the config's.
+        **hub_kwargs: ``cache_dir``, ``local_files_only``, ``token``.
+
+    Raises:
+        ValueError: An invalid config.
+    """
     from ..modeling import get_model_class
 
     data = copy.deepcopy(config.to_dict() if isinstance(config, TaskConfig) else dict(config))
@@ -72,10 +102,6 @@ def classifier_from_config(config: dict[str, Any] | TaskConfig, *, labels: Seque
         data["head"] = dict(head)
         if data["architecture"] == "DiffusionPerceptionForFeatureExtraction":
             data["architecture"] = CLASSIFIER
-    if data["architecture"] != CLASSIFIER:
-        raise ValueError(f"config['architecture'] = {data['architecture']!r}: training needs "
-                         f"{CLASSIFIER!r} (or a feature-extraction config with a head, "
-                         "e.g. --head '{\"type\": \"linear\", \"pool\": 2}').")
     if repo_id is not None:
         data["backbone"]["repo_id"] = str(repo_id)
         data["backbone"]["revision"] = revision
@@ -85,5 +111,6 @@ def classifier_from_config(config: dict[str, Any] | TaskConfig, *, labels: Seque
         data["features"]["taps"] = list(taps)
     if timesteps is not None:
         data["features"]["timesteps"] = [int(t) for t in timesteps]
-    data["labels"] = list(labels)
-    return get_model_class(CLASSIFIER)(TaskConfig.from_dict(data), **hub_kwargs)
+    if labels is not None:
+        data["labels"] = list(labels)
+    return get_model_class(data["architecture"])(TaskConfig.from_dict(data), **hub_kwargs)
