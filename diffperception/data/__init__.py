@@ -5,9 +5,13 @@
 (``datasets.ClassLabel``, so ``dataset.features["label"].names`` are the class names):
 
 - ``"digits"``: the shipped default model's scikit-learn digits split (32 px, offline);
+- ``"digits-sketch"``, ``"digits-canvas"``: offline stand-ins for zero-shot sketch-based image
+  retrieval and open-vocabulary segmentation (``data.standins``);
 - a folder in ``imagefolder`` layout (``<root>/<split>/<class>/<image>`` or ``<root>/<class>/...``);
 - a dataset saved with ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` that has image and
-  label columns.
+  label columns;
+- a few-shot data set in CoOp's layout (a folder with ``split_zhou_<Name>.json``;
+  ``data.fewshot_splits``).
 
 ``few_shot`` and ``label_fraction`` take seeded, class-balanced subsets (k images per class; 1% /
 10% of the labels). ``TransformedImages`` and ``collate_images`` (``data.transforms``) turn a split
@@ -59,7 +63,8 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train") -> Any:
     """An image-classification split as a ``datasets.Dataset`` (see the module docstring).
 
     Args:
-        source: ``"digits"``, an image folder, or a folder written by ``save_to_disk``.
+        source: ``"digits"``, ``"digits-sketch"``, ``"digits-canvas"``, an image folder, or a
+            folder written by ``save_to_disk``.
         split: The split (``"train"``, ``"test"``, ``"validation"``...).
 
     Raises:
@@ -70,10 +75,18 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train") -> Any:
 
     if str(source) == DIGITS:
         return _digits(split)
+    from .standins import STANDINS
+
+    if str(source) in STANDINS:
+        return STANDINS[str(source)](split)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; pass 'digits', an image folder "
                                 "(<root>/<class>/<image>) or a folder written by save_to_disk.")
+    from .fewshot_splits import find_coop_split_file, load_coop_split
+
+    if find_coop_split_file(root) is not None:
+        return load_coop_split(root, split)
     if (root / "dataset_dict.json").is_file() or (root / "dataset_info.json").is_file():
         loaded = datasets.load_from_disk(str(root))
         if isinstance(loaded, datasets.DatasetDict):

@@ -18,6 +18,9 @@
   random-weight twin of the network and on raw pixels.
 - :func:`noise_prediction_model`, :func:`caption_errors`, :func:`zero_shot_accuracy`: zero-shot
   image-text matching by noise-prediction error (the diffusion-classifier rule).
+- :func:`retrieval_metrics`, :func:`average_precision`, :func:`precision_at_k`: zero-shot
+  sketch-based retrieval mAP@all / mAP@K / P@K (query mean and the released code's class mean);
+  :class:`SegmentationMeter`, :func:`mean_iou`: mIoU over class subsets (seen / unseen).
 
 Example:
     >>> from diffperception.evaluation import zero_shot_accuracy
@@ -37,7 +40,9 @@ from .knn import knn_accuracy, knn_scores
 from .metrics import accuracy, confusion_matrix, topk_accuracy
 from .pooled import pooled_features
 from .probe import linear_probe, probe_features, probe_grid
+from .retrieval import average_precision, precision_at_k, retrieval_metrics
 from .results import update_model_card, write_evaluation
+from .segmentation import SegmentationMeter, mean_iou
 from .splits import load_split
 from .sweep import SweepResult, run_sweep, write_sweep
 from .zero_shot import caption_errors, noise_prediction_model, zero_shot_accuracy
@@ -50,8 +55,10 @@ __all__ = [
     "register_benchmark",
     "ClassifierEvaluation",
     "ProbeComparison",
+    "SegmentationMeter",
     "SweepResult",
     "accuracy",
+    "average_precision",
     "caption_errors",
     "confusion_matrix",
     "evaluate_classifier",
@@ -59,12 +66,15 @@ __all__ = [
     "knn_scores",
     "linear_probe",
     "load_split",
+    "mean_iou",
     "noise_prediction_model",
     "pooled_features",
+    "precision_at_k",
     "probe_against_baselines",
     "probe_features",
     "probe_grid",
     "random_weight_copy",
+    "retrieval_metrics",
     "run_sweep",
     "topk_accuracy",
     "update_model_card",

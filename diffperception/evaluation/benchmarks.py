@@ -124,7 +124,10 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 #: Modules whose import registers benchmarks (the method modules add theirs here).
-BENCHMARK_MODULES: list[str] = []
+BENCHMARK_MODULES: list[str] = [
+    "diffperception.evaluation.sbir",
+    "diffperception.evaluation.open_vocabulary",
+]
 
 
 def _import_benchmarks() -> None:
