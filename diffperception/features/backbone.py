@@ -153,7 +153,9 @@ class DiffusionBackbone(nn.Module):
         -> B texts), cached per image; None goes back to the configured captioner."""
         from .captions import CaptionCache
 
-        self._captioner = CaptionCache(captioner) if captioner is not None else None
+        if captioner is not None and not isinstance(captioner, CaptionCache):
+            captioner = CaptionCache(captioner)
+        self._captioner = captioner
 
     def image_prompts(self, x: torch.Tensor) -> list[str]:
         """Texts of a ``caption`` / ``shuffled`` prompt for network inputs ``x`` (no labels)."""
