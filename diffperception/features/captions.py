@@ -129,7 +129,8 @@ class NoisePredictionCaptioner:
     error is lowest (seeded noise shared by all candidates; mean over ``timesteps``).
 
     Args:
-        backbone: A text-conditioned ``DiffusionBackbone`` (its base model is reused).
+        backbone: A text-conditioned ``DiffusionBackbone``; its base model
+            (``backbone_config.repo_id`` at its revision) is loaded whole for the scoring.
         candidates: The candidate captions.
         timesteps: Timesteps the error is averaged over (the shipped digits model: 600-800).
         seed: Seed of the noise.
@@ -146,8 +147,9 @@ class NoisePredictionCaptioner:
         features = FeaturesConfig(taps=["conv_out"], timesteps=[int(t) for t in timesteps],
                                   noise=NoiseConfig(kind="fixed", seed=seed),
                                   prompt=PromptConfig(kind="per_image"))
-        self.scorer = DiffusionBackbone(backbone.backbone_config, features, backbone.preprocess,
-                                        source=backbone.source)
+        # the whole network of the base model (a saved task model keeps only its cut trunk)
+        config = backbone.backbone_config
+        self.scorer = DiffusionBackbone(config, features, backbone.preprocess)
         self.scorer.to(backbone.device)
         self.batch_size = batch_size
 
