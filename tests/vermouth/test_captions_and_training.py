@@ -137,3 +137,36 @@ def test_retrieval_and_segmentation_train_through_the_loop(tiny_repos, tmp_path)
         trunk_changed = any(n.startswith("backbone.unet.") for n in changed)
         assert trunk_changed == (model is segmenter)  # only the norms of the segmenter train
         assert norm.requires_grad == (model is segmenter)
+
+
+def test_noise_prediction_captioner_equals_diffusers_errors():
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from diffperception import AutoDiffusionPerception
+    from diffperception.default_model import DEFAULT_MODEL_PATH, load_digits_split
+    from diffperception.features.captions import NoisePredictionCaptioner
+    from diffperception.features.noise import fixed_noise
+
+    model = AutoDiffusionPerception.from_preset("vermouth-digits-sbir")
+    candidates = ["a handwritten digit zero", "a handwritten digit one", "a handwritten digit two"]
+    captioner = NoisePredictionCaptioner(model.backbone, candidates, timesteps=(700,), seed=3)
+    images = torch.from_numpy(load_digits_split()["test_images"][:2])
+    errors = captioner.errors(images)
+    # reference: diffusers' U-Net and transformers' text encoder, the same seeded noise
+    unet = UNet2DConditionModel.from_pretrained(str(DEFAULT_MODEL_PATH), subfolder="unet").eval()
+    text = CLIPTextModel.from_pretrained(str(DEFAULT_MODEL_PATH / "text_encoder")).eval()
+    tok = CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_PATH / "tokenizer"))
+    abar = model.backbone.alphas_cumprod[700]
+    eps = fixed_noise(3, 1, 1, (3, 32, 32))[0, 0]  # (1, 3, 32, 32)
+    with torch.no_grad():
+        ids = tok(candidates, padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids
+        context = text(ids)[0]
+        x = images * 2 - 1
+        z = abar.sqrt() * x + (1 - abar).sqrt() * eps  # (2, 3, 32, 32)
+        ref = torch.stack([torch.stack([
+            (unet(z[i:i + 1], torch.tensor([700]), encoder_hidden_states=context[k:k + 1]).sample
+             - eps).pow(2).mean() for k in range(3)]) for i in range(2)])
+    assert torch.allclose(errors, ref, atol=1e-5)
+    assert captioner(images) == [candidates[i] for i in ref.argmin(1).tolist()]
