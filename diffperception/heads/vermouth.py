@@ -21,7 +21,6 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..features.stages import StageAssembler
 from ..features.taps import FeatureInfo

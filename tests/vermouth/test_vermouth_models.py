@@ -64,7 +64,8 @@ class TestVermouthClassification(TaskModelTesterMixin):
             unet(z, t, encoder_hidden_states=context.expand(2, -1, -1))
             for h in handles:
                 h.remove()
-        up2 = lambda v: F.interpolate(v, scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
+        def up2(v):
+            return F.interpolate(v, scale_factor=2, mode="bilinear", align_corners=False)
         # the 4x4 cross-attention maps (up_blocks.1, stride 16) join s1; the 8x8 ones are finer
         # than attention_min_stride = 16 and are left out
         assert [tuple(s.shape[1:]) for s in scales] == [(64, 2, 2), (32 + 16, 4, 4), (32, 8, 8)]
@@ -165,7 +166,8 @@ class TestVermouthSegmentation(TaskModelTesterMixin):
             dict(model.named_parameters())[name].add_(0.5)
         model.save_pretrained(tmp_path / "m")
         loaded = AutoDiffusionPerception.from_pretrained(tmp_path / "m")
-        assert torch.equal(dict(loaded.named_parameters())[name], dict(model.named_parameters())[name])
+        trained = dict(model.named_parameters())[name]
+        assert torch.equal(dict(loaded.named_parameters())[name], trained)
         with pytest.raises(ValueError, match="bundle_trunk=True"):
             model.save_pretrained(tmp_path / "u", bundle_trunk=False)
 
