@@ -33,6 +33,8 @@ __getattr__, __dir__, _names = attach(__name__, {
     "DiffusionPerceptionForFeatureExtraction": ".modeling",
     "DiffusionPerceptionForImageClassification": ".modeling",
     "DiffusionPerceptionForImageRetrieval": ".modeling",
+    "DiffusionPerceptionForImageTextMatching": ".modeling",
+    "DiffusionPerceptionForSemanticCorrespondence": ".modeling",
     "DiffusionPerceptionForSemanticSegmentation": ".modeling",
     "Learnable": ".modeling",
     "list_models": ".modeling",

@@ -70,7 +70,8 @@ class BackboneConfig:
     Attributes:
         repo_id: Hub repository id or local folder in diffusers layout.
         family: A registered backbone family (``diffperception.backbones.list_families()``):
-            ``"sd"`` (``UNet2DConditionModel``), ``"pixel"`` (text-free ``UNet2DModel``). Checked
+            ``"sd"`` (``UNet2DConditionModel``), ``"pixel"`` (text-free ``UNet2DModel``), ``"dit"``
+            (``PixArtTransformer2DModel``, ``SD3Transformer2DModel``). Checked
             against the registry when the backbone is built.
         revision: Branch, tag or commit sha; saved models record the resolved commit sha.
         dtype: Weight and activation dtype.

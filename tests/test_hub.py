@@ -82,7 +82,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
     ("not valid!", (FileNotFoundError, "neither an existing local folder nor a valid Hub repo id")),
     ("org--name", (FileNotFoundError, "neither an existing local folder")),
     ("x" * 97, (FileNotFoundError, "neither an existing local folder")),
-    ("diffperception:defualt", (ValueError, r"Unknown source alias.*Did you mean \['diffperception:default'\]")),
+    ("diffperception:defualt", (ValueError, r"Unknown source alias.*Did you mean \['diffperception:default'")),
     ("hf-hub:org/name", (ValueError, "Unknown source alias 'hf-hub:org/name'")),
     ("", (ValueError, "empty")),
     ("   ", (ValueError, "empty")),

@@ -19,4 +19,4 @@ from .base import (
 __all__ = ["BackboneFamily", "register_family", "get_family", "list_families",
            "family_for_folder", "network_classes"]
 
-from . import pixel, sd  # noqa: E402,F401  (registration)
+from . import dit, pixel, sd  # noqa: E402,F401  (registration)

@@ -1,8 +1,8 @@
 """The backbone-family protocol and its registry.
 
 A family is how one kind of diffusion network is loaded, conditioned, cut and run: ``sd``
-(``UNet2DConditionModel`` + VAE + CLIP text encoders), ``pixel`` (text-free ``UNet2DModel``), and
-later ``dit``. Everything that depends on the network's architecture lives in the family's file;
+(``UNet2DConditionModel`` + VAE + CLIP text encoders), ``pixel`` (text-free ``UNet2DModel``) and
+``dit`` (PixArt / SD3 transformers). Everything that depends on the network's architecture lives in the family's file;
 the trunk driver, the backbone object and the task models above only call the methods below. The
 list of supported families (config validation, the loading allow-list) comes from this registry
 alone.
@@ -47,9 +47,12 @@ class BackboneFamily:
         component: The diffusers folder holding the network (``"unet"``, ``"transformer"``).
         network_classes: The diffusers classes of that component this family runs.
         text_conditioned: Whether the network takes a text context (prompts).
+        noise_processes: The noise processes its networks are trained on (``"ddpm"``,
+            ``"flow_matching"``); a scheduler of another one is refused at load.
     """
 
     name: ClassVar[str] = ""
+    noise_processes: ClassVar[tuple[str, ...]] = ("ddpm",)
     component: ClassVar[str] = "unet"
     network_classes: ClassVar[tuple[str, ...]] = ()
     text_conditioned: ClassVar[bool] = False
@@ -175,6 +178,35 @@ class BackboneFamily:
         return network(sample, timesteps)
 
     @classmethod
+    def tap_value(cls, network: nn.Module, path: str, kind: str, value: Any,
+                  sample: torch.Tensor) -> Any:
+        """The feature a tap reports from what its hook captured (a module output or input).
+
+        Default: the first element of a tuple (down blocks return ``(hidden, residuals)``,
+        transformer models ``(sample,)``). Families with token layouts reshape here.
+        """
+        if isinstance(value, (tuple, list)):
+            return value[0]
+        if hasattr(value, "to_tuple"):  # diffusers BaseOutput
+            return value.to_tuple()[0]
+        return value
+
+    @classmethod
+    def tap_point(cls, module: nn.Module, kind: str) -> nn.Module:
+        """The module whose output a tap of a family-specific ``kind`` (``adaln``) reads.
+
+        Raises:
+            ValueError: The family has no such tap on ``module``.
+        """
+        raise ValueError(f"Taps ':{kind}' need a transformer block of the 'dit' family; the "
+                         f"{cls.name!r} family has none ({type(module).__name__}).")
+
+    @classmethod
+    def bake_context(cls, network: nn.Module, context: torch.Tensor) -> None:
+        """Keeps a fixed prompt's prepared context ``(1, L, D)`` inside ``network`` when its
+        blocks read it beyond cross-attention K / V (those are baked by the specialiser)."""
+
+    @classmethod
     def freeze_time(cls, network: nn.Module, emb: torch.Tensor) -> None:
         """Turns the time embedding ``emb`` ``(T, D)`` into constants inside ``network``."""
         raise NotImplementedError(f"{cls.__name__} does not implement freeze_time")
@@ -185,6 +217,11 @@ class BackboneFamily:
     def size_multiple(cls, config: dict[str, Any]) -> int:
         """Latent height and width must be multiples of this."""
         return 1
+
+    @classmethod
+    def latent_channels(cls, config: dict[str, Any]) -> int:
+        """Channels of the latent the network is given (before any packing into tokens)."""
+        return int(config.get("in_channels", 4))
 
     @classmethod
     def native_latent_size(cls, config: dict[str, Any]) -> tuple[int, int]:
@@ -198,7 +235,7 @@ class BackboneFamily:
                     context_shape: tuple[int, int] | None, pooled_dim: int | None,
                     device: torch.device | str = "meta") -> tuple:
         """``(sample, timesteps, context, added)`` of batch 1 for FLOP counting / shapes."""
-        sample = torch.empty(1, int(config.get("in_channels", 4)), *latent_hw, device=device)
+        sample = torch.empty(1, cls.latent_channels(config), *latent_hw, device=device)
         timesteps = torch.zeros(1, dtype=torch.long, device=device)
         context = (torch.empty(1, *context_shape, device=device)
                    if context_shape is not None else None)

@@ -33,6 +33,7 @@ __all__ = [
     "ModelSource",
     "TEXT_ENCODER_CLASSES",
     "TEXT_SLOTS",
+    "TOKENIZER_CLASSES",
     "check_diffusers_folder",
     "resolve_source",
     "read_model_index",
@@ -44,11 +45,16 @@ __all__ = [
 ]
 
 #: The text-encoder slots of a diffusers folder, ``(encoder folder, tokenizer folder)``: SD 1.x /
-#: 2.x use the first, SDXL both.
+#: 2.x and PixArt use the first, SDXL two, SD3 three (CLIP-L, CLIP-G, T5).
 TEXT_SLOTS: tuple[tuple[str, str], ...] = (("text_encoder", "tokenizer"),
-                                           ("text_encoder_2", "tokenizer_2"))
+                                           ("text_encoder_2", "tokenizer_2"),
+                                           ("text_encoder_3", "tokenizer_3"))
 #: The transformers classes a text encoder may be (``model_index.json`` names one per slot).
-TEXT_ENCODER_CLASSES: tuple[str, ...] = ("CLIPTextModel", "CLIPTextModelWithProjection")
+TEXT_ENCODER_CLASSES: tuple[str, ...] = ("CLIPTextModel", "CLIPTextModelWithProjection",
+                                         "T5EncoderModel")
+#: The transformers tokenizer classes a tokenizer may be (CLIP's BPE, T5's unigram).
+TOKENIZER_CLASSES: tuple[str, ...] = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer",
+                                      "T5TokenizerFast")
 #: Largest tokenizer ``model_max_length`` accepted when no text encoder config bounds it.
 MAX_PROMPT_TOKENS = 4096
 
@@ -281,15 +287,27 @@ def load_text_encoder(folder: Path, subfolder: str, class_name: str, dtype: torc
     return model.eval().requires_grad_(False)
 
 
-def load_tokenizer(folder: Path, subfolder: str):
-    """Loads a CLIP tokenizer from a diffusers folder (checked by :func:`check_diffusers_folder`).
+def load_tokenizer(folder: Path, subfolder: str, class_name: str | None = None):
+    """Loads a CLIP or T5 tokenizer from a diffusers folder (checked by
+    :func:`check_diffusers_folder`).
+
+    Args:
+        folder: The diffusers folder.
+        subfolder: ``tokenizer``, ``tokenizer_2`` or ``tokenizer_3``.
+        class_name: The class ``model_index.json`` names (default ``CLIPTokenizer``).
 
     Raises:
-        ValueError: A ``model_max_length`` above ``MAX_PROMPT_TOKENS`` (prompts are padded to it).
+        ValueError: A class outside ``TOKENIZER_CLASSES``, or a ``model_max_length`` above
+            ``MAX_PROMPT_TOKENS`` (prompts are padded to it).
     """
-    from transformers import CLIPTokenizer
+    import transformers
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder / subfolder), local_files_only=True)
+    class_name = class_name or "CLIPTokenizer"
+    if class_name not in TOKENIZER_CLASSES:
+        raise ValueError(f"{folder / subfolder} holds a {class_name}; supported tokenizers: "
+                         f"{list(TOKENIZER_CLASSES)}.")
+    cls = getattr(transformers, class_name)
+    tokenizer = cls.from_pretrained(str(folder / subfolder), local_files_only=True)
     if not 1 <= tokenizer.model_max_length <= MAX_PROMPT_TOKENS:
         raise ValueError(
             f"{folder / subfolder}: model_max_length = {tokenizer.model_max_length} is invalid: "
@@ -345,7 +363,8 @@ def load_text_stack(folder: Path, index: dict[str, Any], dtype: torch.dtype, *,
                 encoder = cls(cls.config_class.from_pretrained(str(folder / enc_name),
                                                                local_files_only=True))
             encoders[enc_name] = encoder.to(dtype).eval().requires_grad_(False)
-        tokenizers[enc_name] = load_tokenizer(folder, tok_name)
+        tok_entry = index.get(tok_name) or [None, None]
+        tokenizers[enc_name] = load_tokenizer(folder, tok_name, tok_entry[1])
     if not encoders:
         raise FileNotFoundError(
             f"{folder} has no text_encoder in model_index.json, but the prompt needs one."

@@ -151,11 +151,18 @@ class UNetFamily(BackboneFamily):
 
     @classmethod
     def resolve_alias(cls, path: str, network: nn.Module) -> str:
-        """``up_ft.N`` (DIFT) -> ``up_blocks.N``; ``adm.B`` -> the B-th ADM unit (1-based).
+        """``up_ft.N`` (DIFT) -> ``up_blocks.N``; ``adm.B`` -> the B-th ADM unit (1-based);
+        a generic-diffusion-feature id (``up-level1-repeat1-vit-block0-cross-q``) -> its module
+        (``backbones/gdf_aliases.py``; ``...-map`` ids give ``path:attn``).
 
         Raises:
             ValueError: An ``adm.B`` number outside this U-Net's units.
         """
+        from .gdf_aliases import gdf_id_to_tap
+
+        gdf = gdf_id_to_tap(path)
+        if gdf is not None:
+            return gdf
         if path.startswith("up_ft."):
             return "up_blocks." + path[len("up_ft."):]
         if path.startswith("adm."):

@@ -7,6 +7,10 @@
 - ``"digits"``: the shipped default model's scikit-learn digits split (32 px, offline);
 - ``"digits-sketch"``, ``"digits-canvas"``: offline stand-ins for zero-shot sketch-based image
   retrieval and open-vocabulary segmentation (``data.standins``);
+- ``"digit-pairs"``: two of those digits side by side (32 px, offline, seeded: 20000 train and
+  2000 test images), labelled with their relational caption (``"a three to the left of a
+  five"``, 90 classes) and with ``left`` / ``right`` digit columns; ``digit_pair_swaps`` gives
+  its Winoground-style swap examples (``diffperception.default_model.pairs``);
 - a folder in ``imagefolder`` layout (``<root>/<split>/<class>/<image>`` or ``<root>/<class>/...``);
 - a dataset saved with ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` that has image and
   label columns;
@@ -36,10 +40,12 @@ from .transforms import (AUGMENTATIONS, TransformedImages, collate_images, image
                          resize_short_side, transform_image)
 
 __all__ = ["load_image_dataset", "few_shot", "label_fraction", "class_names", "DIGITS",
+           "DIGIT_PAIRS", "digit_pair_swaps",
            "AUGMENTATIONS", "TransformedImages", "collate_images", "image_to_tensor",
            "resize_short_side", "transform_image"]
 
 DIGITS = "digits"
+DIGIT_PAIRS = "digit-pairs"
 
 
 def _digits(split: str):
@@ -59,12 +65,39 @@ def _digits(split: str):
         {"image": images.astype(np.float32), "label": labels.astype(np.int64)}, features=features)
 
 
+def _digit_pairs(split: str):
+    import datasets
+
+    from ..default_model.pairs import PAIR_CAPTIONS, load_digit_pairs
+
+    data = load_digit_pairs(split)  # ValueError for an unknown split
+    images = data["images"]  # (N, 3, 32, 32) in [0, 1]
+    features = datasets.Features({
+        "image": datasets.Array3D(shape=tuple(images.shape[1:]), dtype="float32"),
+        "label": datasets.ClassLabel(names=list(PAIR_CAPTIONS)),
+        "left": datasets.Value("int64"), "right": datasets.Value("int64"),
+    })
+    return datasets.Dataset.from_dict({"image": images, "label": data["labels"],
+                                       "left": data["left"], "right": data["right"]},
+                                      features=features)
+
+
+def digit_pair_swaps(num_examples: int = 200, *, split: str = "test", seed: int = 0
+                     ) -> list[dict[str, Any]]:
+    """Winoground-style swap examples of the digit pairs (see
+    ``diffperception.default_model.pairs.digit_pair_swaps``): ``image_0`` / ``image_1`` are
+    ``(3, 32, 32)`` float32 arrays, caption ``i`` describes image ``i``."""
+    from ..default_model.pairs import digit_pair_swaps as _swaps
+
+    return _swaps(num_examples, split=split, seed=seed)
+
+
 def load_image_dataset(source: str | os.PathLike, split: str = "train") -> Any:
     """An image-classification split as a ``datasets.Dataset`` (see the module docstring).
 
     Args:
-        source: ``"digits"``, ``"digits-sketch"``, ``"digits-canvas"``, an image folder, or a
-            folder written by ``save_to_disk``.
+        source: ``"digits"``, ``"digit-pairs"``, ``"digits-sketch"``, ``"digits-canvas"``, an
+            image folder, or a folder written by ``save_to_disk``.
         split: The split (``"train"``, ``"test"``, ``"validation"``...).
 
     Raises:
@@ -75,6 +108,8 @@ def load_image_dataset(source: str | os.PathLike, split: str = "train") -> Any:
 
     if str(source) == DIGITS:
         return _digits(split)
+    if str(source) == DIGIT_PAIRS:
+        return _digit_pairs(split)
     from .standins import STANDINS
 
     if str(source) in STANDINS:

@@ -5,7 +5,9 @@ The weights in ``weights/`` (diffusers folder layout: ``unet``, ``text_encoder``
 digits with :mod:`diffperception.default_model.train`. It is a demonstration
 model, not Stable Diffusion. Importing this module loads no model library; it registers the
 source alias ``"diffperception:default"`` (``DEFAULT_MODEL_ID``), so that name loads this folder
-wherever a model name is accepted.
+wherever a model name is accepted, and ``"diffperception:pairs"`` (``PAIRS_MODEL_ID``) for the
+pairs model in ``pairs_weights/``, trained the same way on two digits side by side with
+relational captions (:mod:`diffperception.default_model.train_pairs`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ DEFAULT_MODEL_PATH: Path = (Path(__file__).parent / "weights").resolve()
 DEFAULT_MODEL_ID = "diffperception:default"
 
 register_source_alias(DEFAULT_MODEL_ID, lambda: DEFAULT_MODEL_PATH)
+
+#: The pairs model (two digits side by side, relational captions; ``pairs.py``,
+#: ``train_pairs.py``), same layout, loaded by the name ``"diffperception:pairs"``.
+PAIRS_MODEL_PATH: Path = (Path(__file__).parent / "pairs_weights").resolve()
+PAIRS_MODEL_ID = "diffperception:pairs"
+
+register_source_alias(PAIRS_MODEL_ID, lambda: PAIRS_MODEL_PATH)
 
 CLASS_NAMES: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -45,6 +54,8 @@ __all__ = [
     "CLASS_NAMES",
     "DEFAULT_MODEL_ID",
     "DEFAULT_MODEL_PATH",
+    "PAIRS_MODEL_ID",
+    "PAIRS_MODEL_PATH",
     "caption_for",
     "load_digits_split",
     "upsample_digits",

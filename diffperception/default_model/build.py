@@ -11,7 +11,7 @@ import json
 import string
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -59,20 +59,27 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
-def _bpe_files() -> tuple[dict[str, int], list[str]]:
+def caption_words() -> tuple[str, ...]:
+    """The whole-word tokens of the default model's captions (prefix words and digit names)."""
+    return tuple(sorted(set(CAPTION_PREFIX.split()) | set(CLASS_NAMES)))
+
+
+def _bpe_files(words: Sequence[str] | None = None) -> tuple[dict[str, int], list[str]]:
     """Makes a byte-level BPE vocabulary and merges covering the captions.
 
     Every lowercase letter and digit is a token (alone and word-final, with
     ``</w>``), and each caption word is built from its characters by a chain of
     left-to-right merges, so it becomes a single token.
+
+    Args:
+        words: The whole-word tokens, in order (default: :func:`caption_words`).
     """
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in string.ascii_lowercase + string.digits:
         vocab.setdefault(ch, len(vocab))
         vocab.setdefault(ch + "</w>", len(vocab))
     merges: list[str] = []
-    words = sorted(set(CAPTION_PREFIX.split()) | set(CLASS_NAMES))
-    for word in words:
+    for word in caption_words() if words is None else words:
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         left = pieces[0]
         for right in pieces[1:]:
@@ -84,37 +91,43 @@ def _bpe_files() -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def write_bpe_files(folder: str | Path) -> None:
+def write_bpe_files(folder: str | Path, words: Sequence[str] | None = None) -> None:
     """Writes the project's ``vocab.json`` and ``merges.txt`` into a folder.
 
     Args:
         folder: Target folder (must exist).
+        words: The whole-word tokens (default: :func:`caption_words`).
     """
-    vocab, merges = _bpe_files()
+    vocab, merges = _bpe_files(words)
     (Path(folder) / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
     (Path(folder) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def build_tokenizer():
+def build_tokenizer(words: Sequence[str] | None = None,
+                    model_max_length: int = MODEL_MAX_LENGTH):
     """Builds the project's ``CLIPTokenizer`` for the digit captions.
 
+    Args:
+        words: The whole-word tokens (default: the default model's, :func:`caption_words`).
+        model_max_length: Token positions, start and end tokens included (default 8).
+
     Returns:
-        A ``transformers.CLIPTokenizer`` with ``model_max_length`` 8 that pads
+        A ``transformers.CLIPTokenizer`` with ``model_max_length`` positions that pads
         with ``<|endoftext|>``.
     """
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_bpe_files(tmp)
+        write_bpe_files(tmp, words)
         tok = CLIPTokenizer.from_pretrained(
-            tmp, model_max_length=MODEL_MAX_LENGTH, pad_token="<|endoftext|>"
+            tmp, model_max_length=model_max_length, pad_token="<|endoftext|>"
         )
     for key in ("is_local", "local_files_only", "name_or_path"):
         tok.init_kwargs.pop(key, None)
     return tok
 
 
-def build_text_encoder(vocab_size: int, seed: int = 0):
+def build_text_encoder(vocab_size: int, seed: int = 0, max_length: int = MODEL_MAX_LENGTH):
     """Builds the small, randomly initialised (seeded) CLIP text encoder.
 
     The token embeddings are redrawn with std ``TOKEN_EMBEDDING_STD`` (seeded)
@@ -123,6 +136,7 @@ def build_text_encoder(vocab_size: int, seed: int = 0):
     Args:
         vocab_size: Size of the tokenizer vocabulary.
         seed: Seed of the random initialisation.
+        max_length: Position embeddings (the tokenizer's ``model_max_length``).
 
     Returns:
         A frozen ``transformers.CLIPTextModel`` in eval mode.
@@ -130,7 +144,8 @@ def build_text_encoder(vocab_size: int, seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    model = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, **TEXT_ENCODER_CONFIG))
+    config = {**TEXT_ENCODER_CONFIG, "max_position_embeddings": max_length}
+    model = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, **config))
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, TOKEN_EMBEDDING_STD)
     return model.eval().requires_grad_(False)
@@ -177,7 +192,8 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
         return text_encoder(ids).last_hidden_state
 
 
-def save_model(out: str | Path, unet, text_encoder, tokenizer, scheduler) -> Path:
+def save_model(out: str | Path, unet, text_encoder, tokenizer, scheduler,
+               words: Sequence[str] | None = None) -> Path:
     """Saves the parts in diffusers folder layout with a ``model_index.json``.
 
     Args:
@@ -186,6 +202,7 @@ def save_model(out: str | Path, unet, text_encoder, tokenizer, scheduler) -> Pat
         text_encoder: The ``CLIPTextModel``.
         tokenizer: The ``CLIPTokenizer``.
         scheduler: The ``DDPMScheduler``.
+        words: The tokenizer's whole-word tokens (default: :func:`caption_words`).
 
     Returns:
         The folder as a ``Path``.
@@ -196,7 +213,7 @@ def save_model(out: str | Path, unet, text_encoder, tokenizer, scheduler) -> Pat
     writer.add("unet", unet)
     writer.add("text_encoder", text_encoder)
     writer.add("tokenizer", tokenizer)
-    write_bpe_files(Path(out) / "tokenizer")  # for slow-tokenizer (transformers 4.x) loading
+    write_bpe_files(Path(out) / "tokenizer", words)  # for slow-tokenizer (transformers 4.x) loading
     writer.add("scheduler", scheduler)
     return writer.write_index()
 

@@ -33,6 +33,26 @@ def upsample_digits(images_8x8: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarra
     return x.numpy().astype(np.float32)
 
 
+def raw_digits_split(seed: int = 0) -> tuple[object, np.ndarray, np.ndarray]:
+    """scikit-learn's digits ``Bunch`` and the train and test indices of the fixed split.
+
+    Args:
+        seed: ``random_state`` of the stratified split (0: the shipped models' split).
+
+    Returns:
+        ``(digits, idx_train, idx_test)``; ``digits.images`` are the raw 8x8 values 0..16.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    labels = digits.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=seed
+    )
+    return digits, idx_train, idx_test
+
+
 def load_digits_split(seed: int = 0) -> dict[str, np.ndarray]:
     """Loads the digits and splits them into fixed train and test parts.
 
@@ -44,14 +64,8 @@ def load_digits_split(seed: int = 0) -> dict[str, np.ndarray]:
         Dict with ``train_images``, ``test_images`` (float32, (N, 3, 32, 32),
         in [0, 1]) and ``train_labels``, ``test_labels`` (int64, (N,)).
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
+    digits, idx_train, idx_test = raw_digits_split(seed)
     labels = digits.target.astype(np.int64)
-    idx_train, idx_test = train_test_split(
-        np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=seed
-    )
     images = upsample_digits(digits.images)
     return {
         "train_images": images[idx_train],

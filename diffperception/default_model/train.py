@@ -87,8 +87,9 @@ def train_unet(unet, scheduler, cond_table: torch.Tensor, images: np.ndarray,
         unet: The ``UNet2DConditionModel`` to train (updated in place; EMA
             weights are copied into it at the end).
         scheduler: The ``DDPMScheduler`` used to noise the images.
-        cond_table: Text-encoder states, rows 0..9 the class captions, row 10
-            the null prompt ``""``.
+        cond_table: Text-encoder states, one row per caption (row ``c`` for label
+            ``c``: the digit captions 0..9 for the default model), the last row the null
+            prompt ``""``.
         images: Training images (N, 3, 32, 32) in [0, 1].
         labels: Training labels (N,).
         seed: Seed for batches, noises, timesteps and caption dropout.
@@ -116,7 +117,7 @@ def train_unet(unet, scheduler, cond_table: torch.Tensor, images: np.ndarray,
     for step in bar:
         idx = torch.randint(0, len(x0_all), (cfg["batch_size"],), generator=gen)
         x0, y = x0_all[idx], y_all[idx].clone()
-        y[torch.rand(len(y), generator=gen) < cfg["caption_dropout"]] = len(CLASS_NAMES)
+        y[torch.rand(len(y), generator=gen) < cfg["caption_dropout"]] = len(cond_table) - 1
         noise = torch.randn(x0.shape, generator=gen)
         t = _sample_timesteps(len(x0), n_train_t, cfg["high_t_fraction"], gen)
         pred = unet(scheduler.add_noise(x0, noise, t), t, cond_table[y]).sample

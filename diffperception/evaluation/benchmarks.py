@@ -127,6 +127,9 @@ def get_benchmark(name: str) -> Benchmark:
 BENCHMARK_MODULES: list[str] = [
     "diffperception.evaluation.sbir",
     "diffperception.evaluation.open_vocabulary",
+    "diffperception.evaluation.matching_benchmarks",
+    "diffperception.evaluation.correspondence",
+    "diffperception.evaluation.ade20k",
 ]
 
 

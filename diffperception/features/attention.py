@@ -11,6 +11,16 @@ It computes what diffusers' ``AttnProcessor2_0`` computes, with three difference
 - when the module has ``fixed_key`` / ``fixed_value`` buffers (a specialised cross-attention of a
   fixed prompt), they replace ``to_k(context)`` / ``to_v(context)``.
 It is a plain callable, not a module, so it adds no key to the state dict.
+
+Attention modules whose processor does more than plain self / cross attention (SD3's joint
+attention over image and text tokens, FLUX's attention and anything that goes through diffusers'
+``dispatch_attention_fn``) keep their own processor, wrapped by ``SdpaTapProcessor``: while the
+module runs, ``torch.nn.functional.scaled_dot_product_attention`` (what those processors and
+dispatch's native backend call) is computed explicitly, and the scores / probabilities pass
+through ``logits_tap`` / ``probs_tap`` with the shape the processor gives SDPA: ``(B, heads, Q, K)``
+over the joint token sequence in the processor's order (SD3: image then text; FLUX: text then
+image). Under that wrapper the native backend is selected for the call. The swap is process-wide
+for the duration of the module's call, so two threads must not run tapped attention at once.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TapAttnProcessor", "AttentionProbs", "AttentionLogits", "install_processor"]
+__all__ = ["TapAttnProcessor", "SdpaTapProcessor", "AttentionProbs", "AttentionLogits",
+           "install_processor"]
 
 
 class AttentionProbs(nn.Identity):
@@ -114,7 +125,67 @@ class TapAttnProcessor:
         return key, value
 
 
+#: Processors ``TapAttnProcessor`` reproduces (plain self / cross attention).
+_PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0")
+
+
+def _explicit_sdpa(attn: nn.Module):
+    """An SDPA replacement computing scores and probabilities through the module's taps."""
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+             enable_gqa=False):
+        if is_causal or enable_gqa:
+            raise ValueError("Attention taps do not support causal or grouped-query attention.")
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        scores = torch.matmul(query, key.transpose(-1, -2)) * scale  # (B, h, Q, K)
+        if attn_mask is not None:
+            scores = (scores.masked_fill(~attn_mask, float("-inf"))
+                      if attn_mask.dtype == torch.bool else scores + attn_mask)
+        logits_tap = getattr(attn, "logits_tap", None)
+        if logits_tap is not None:
+            scores = logits_tap(scores)
+        probs = scores.float().softmax(dim=-1).to(value.dtype)
+        probs_tap = getattr(attn, "probs_tap", None)
+        if probs_tap is not None:
+            probs = probs_tap(probs)
+        return torch.matmul(probs, value)  # (B, h, Q, d)
+    return sdpa
+
+
+class SdpaTapProcessor:
+    """Wraps any attention processor: its SDPA call is computed explicitly through the taps.
+
+    Args:
+        inner: The module's own processor (kept, and called with the same arguments).
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, attn: nn.Module, *args, **kwargs):
+        from diffusers.models.attention_dispatch import attention_backend
+
+        original = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = _explicit_sdpa(attn)
+        try:
+            with attention_backend("native"):
+                return self.inner(attn, *args, **kwargs)
+        finally:
+            F.scaled_dot_product_attention = original
+
+
 def install_processor(attn: nn.Module) -> None:
-    """Gives an ``Attention`` module the tap-aware processor (idempotent)."""
-    if not isinstance(attn.processor, TapAttnProcessor):
+    """Gives an attention module the tap-aware processor (idempotent).
+
+    Plain self / cross attention (``AttnProcessor2_0``) gets ``TapAttnProcessor``; any other
+    processor (joint attention, dispatch-based ones) is wrapped by ``SdpaTapProcessor``.
+    """
+    processor = attn.processor
+    if isinstance(processor, (TapAttnProcessor, SdpaTapProcessor)):
+        return
+    plain = (type(processor).__name__ in _PLAIN_PROCESSORS
+             and getattr(attn, "add_q_proj", None) is None
+             and getattr(attn, "added_kv_proj_dim", None) is None)
+    if plain:
         attn.set_processor(TapAttnProcessor())
+    elif getattr(attn, "probs_tap", None) is not None or getattr(attn, "logits_tap", None) is not None:
+        attn.set_processor(SdpaTapProcessor(processor))

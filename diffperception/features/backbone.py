@@ -125,6 +125,21 @@ class DiffusionBackbone(nn.Module):
         schedule = load_schedule(folder)
         self.scheduler_config, self.prediction_type = schedule.config, schedule.prediction_type
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float(), persistent=False)
+        # (signal, noise) per timestep: z_t = signal z_0 + noise eps (DDPM or flow matching)
+        self.register_buffer("noise_coefficients", schedule.coefficients.float(), persistent=False)
+        self.schedule_kind = schedule.kind
+        if schedule.kind not in self.family.noise_processes:
+            name = schedule.config.get("_class_name")
+            raise ValueError(
+                f"{folder / 'scheduler'}: _class_name = {name!r} is not supported with a "
+                f"{self.family.name!r}-family network: it noises with the "
+                f"{schedule.kind.replace('_', '-')} process, and this family's networks are "
+                f"trained on {list(self.family.noise_processes)}. Use the scheduler the model "
+                "was trained with.")
+        if schedule.kind != "ddpm" and self.features.noise.kind == "ddim_inversion":
+            raise ValueError(f"config['features']['noise']['kind'] = 'ddim_inversion' is invalid "
+                             f"for {self.source.repo_id}: its scheduler is a {schedule.kind} one "
+                             "and DDIM inversion walks the DDPM process; use 'fixed' or 'random'.")
         self.check_timesteps(self.features.timesteps)
         holder: dict[str, Any] = {}
         network = self.family.load_network(folder, lambda net: self._prune(net, holder), dtype,
@@ -311,7 +326,7 @@ class DiffusionBackbone(nn.Module):
     def base_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes (relative to this module) of what comes from the base model."""
         return (f"{self.family.component}.", "vae.", "prompt.text_encoder.",
-                "prompt.text_encoder_2.")
+                "prompt.text_encoder_2.", "prompt.text_encoder_3.")
 
     @property
     def size_multiple(self) -> int:
@@ -367,7 +382,7 @@ class DiffusionBackbone(nn.Module):
     @property
     def vae_latent_channels(self) -> int:
         """Channels of the VAE latent (the network's input channels)."""
-        return int(self.network_config.get("in_channels", 4))
+        return self.family.latent_channels(self.network_config)
 
     def check_timesteps(self, timesteps: Sequence[int]) -> list[int]:
         """The timesteps, checked against the scheduler's range.
@@ -397,7 +412,7 @@ class DiffusionBackbone(nn.Module):
         timesteps = self.features.timesteps
         T, E, B = len(timesteps), cfg.ensemble, latent.shape[0]
         t_index = torch.tensor(timesteps, device=latent.device)
-        alphas = self.alphas_cumprod.to(latent.device)[t_index]
+        alphas = self.noise_coefficients.to(latent.device)[t_index]  # (T, 2) signal, noise
         if noise is not None:
             z = noise_ops.add_noise(latent, noise_ops.check_noise(noise, T, E, latent), alphas)
         elif cfg.kind == "fixed":

@@ -114,15 +114,13 @@ def trunk_cost(model: nn.Module, size: tuple[int, int] | None = None) -> TrunkCo
     meta = meta.float()
     with init_empty_weights():
         full = family.build_network(config)
-    if context is None:
-        full_flops = count_flops(full, sample, timesteps)
-    else:
-        full_flops = count_flops(full, sample, timesteps, encoder_hidden_states=context,
-                                 added_cond_kwargs=added)
+    # one forward of the whole network, called as the family's pipelines call it
+    full_flops = count_flops(family.forward_full, full, sample, timesteps, context, added)
     vae_flops = 0
     if meta.vae is not None:
         vae_flops = count_flops(meta.vae, torch.empty(1, 3, *size, device="meta"))
-    text = [getattr(real.prompt, name, None) for name in ("text_encoder", "text_encoder_2")]
+    text = [getattr(real.prompt, name, None)
+            for name in ("text_encoder", "text_encoder_2", "text_encoder_3")]
     noise = meta.features.noise
     steps = noise.inversion_steps if noise.kind == "ddim_inversion" else 0
     return TrunkCost(

@@ -89,8 +89,13 @@ def add_noise(latent: torch.Tensor, noise: torch.Tensor, alphas: torch.Tensor) -
     Args:
         latent: Clean latent ``(B, C, h, w)``.
         noise: ``(T, E, B or 1, C, h, w)``.
-        alphas: ``abar_t`` per timestep ``(T,)``.
+        alphas: ``abar_t`` per timestep ``(T,)`` (DDPM: ``sqrt(abar) z_0 + sqrt(1 - abar) eps``),
+            or ``(signal, noise)`` coefficients per timestep ``(T, 2)`` (``signal z_0 + noise
+            eps``; flow matching: ``(1 - sigma_t, sigma_t)``).
     """
+    if alphas.ndim == 2:
+        c = alphas.to(latent.dtype).view(-1, 2, 1, 1, 1, 1, 1)  # (T, 2, 1, 1, 1, 1, 1)
+        return c[:, 0] * latent.unsqueeze(0).unsqueeze(0) + c[:, 1] * noise
     a = alphas.to(latent.dtype).view(-1, 1, 1, 1, 1, 1)  # (T, 1, 1, 1, 1, 1)
     return a.sqrt() * latent.unsqueeze(0).unsqueeze(0) + (1 - a).sqrt() * noise
 

@@ -68,7 +68,7 @@ class SpecializedBackbone(nn.Module):
         self.vae, self.trunk = vae, trunk
         self.register_buffer("posterior_noise", posterior_noise)  # (1, C, h, w) or None
         self.register_buffer("noise", noise)  # (T, E, 1, C, h, w)
-        self.register_buffer("alphas", alphas)  # (T,) abar_t
+        self.register_buffer("alphas", alphas)  # (T,) abar_t, or (T, 2) signal / noise scales
         self.value_range = [float(v) for v in value_range]
         self.num_timesteps, self.ensemble = num_timesteps, ensemble
         self.size, self.latent_input = tuple(size), latent_input
@@ -186,14 +186,15 @@ def specialize_backbone(backbone, *, size: tuple[int, int] | None = None,
     network = _copy_network(backbone)
     trunk = Trunk(network, family, backbone.trunk.taps, backbone.trunk.plan)
     latent_hw = (size[0] // backbone.vae_factor, size[1] // backbone.vae_factor)
-    channels = int(backbone.network_config["in_channels"])
+    channels = family.latent_channels(backbone.network_config)
     probe = torch.zeros(T, channels, *latent_hw, device=device, dtype=dtype)
     context, added = backbone.conditioning(None, 1, size, T)  # (1, L, D), batch-1 conditions
     emb = backbone.trunk.embed(probe, t_index, context, added)  # (T, D)
     family.freeze_time(network, emb)
     if context is not None:
-        bake_cross_attention(network, family.prepare_context(backbone.network, context.detach(),
-                                                             added))
+        prepared = family.prepare_context(backbone.network, context.detach(), added)
+        bake_cross_attention(network, prepared)
+        family.bake_context(network, prepared)
     kept, before = dict(network.named_modules()), dict(backbone.network.named_modules())
     lost = [t.name for t in trunk.taps if t.path not in kept
             or (t.kind == "in" and type(kept[t.path]) is not type(before[t.path]))]
@@ -205,7 +206,7 @@ def specialize_backbone(backbone, *, size: tuple[int, int] | None = None,
     trunk.attach_taps()
     if features.noise.kind == "fixed":
         noise = fixed_noise(features.noise.seed, T, E, (channels, *latent_hw), dtype=dtype)
-        alphas = backbone.alphas_cumprod[t_index.cpu()].to(dtype)
+        alphas = backbone.noise_coefficients[t_index.cpu()].to(dtype)  # (T, 2) signal, noise
     else:
         noise = torch.zeros(T, E, 1, channels, *latent_hw, dtype=dtype)
         alphas = torch.ones(T, dtype=dtype)

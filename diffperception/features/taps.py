@@ -4,7 +4,9 @@ A tap is ``<module path>[:<what>]`` where the module path is a dotted path insid
 U-Net (``up_blocks.1``, ``mid_block``, ``up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q``)
 and ``what`` is ``out`` (the module's output, default), ``in`` (its first input), ``attn`` (the
 attention probabilities of an ``Attention`` module, shape ``(B, heads, queries, keys)``) or
-``logits`` (its pre-softmax scores ``q k^T * scale``, the same shape).
+``logits`` (its pre-softmax scores ``q k^T * scale``, the same shape), or, on a transformer block
+of the ``dit`` family, ``adaln`` (the block output normalised with the block's own AdaLN
+modulation, massive-activation channels dropped; ``backbones/dit.py``).
 Aliases are the family's (``up_ft.N``, DIFT's name for ``up_blocks.N``, and ``adm.B`` for a
 U-Net; see ``backbones/unet.py``). ``FeatureInfo`` describes what each tap returns.
 
@@ -23,7 +25,7 @@ from torch import nn
 __all__ = ["Tap", "FeatureInfo", "parse_tap", "resolve_taps", "list_taps", "tap_value_problem",
            "TAP_KINDS", "LAYOUTS"]
 
-TAP_KINDS = ("out", "in", "attn", "logits")
+TAP_KINDS = ("out", "in", "attn", "logits", "adaln")
 LAYOUTS = ("map", "tokens", "attention")
 
 
@@ -57,9 +59,10 @@ def parse_tap(name: str) -> tuple[str, str]:
 
 
 def _is_attention(module: nn.Module) -> bool:
+    from diffusers.models.attention import AttentionModuleMixin
     from diffusers.models.attention_processor import Attention
 
-    return isinstance(module, Attention)
+    return isinstance(module, (Attention, AttentionModuleMixin))
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ def resolve_taps(names: list[str], network: nn.Module,
         path, kind = parse_tap(name)
         if resolve_alias is not None:
             path = resolve_alias(path, network)
+            if ":" in path:  # an alias naming a kind too (GDF's "...-self-map" ids -> ":attn")
+                path, alias_kind = path.split(":", 1)
+                kind = alias_kind if kind == "out" else kind
         if path not in modules or path == "":
             close = difflib.get_close_matches(path, [p for p in modules if p], n=5, cutoff=0.6)
             hint = f" Closest valid names: {close}." if close else ""
@@ -133,6 +139,13 @@ def resolve_taps(names: list[str], network: nn.Module,
             )
         taps.append(Tap(name=name, path=path, kind=kind))
     return taps
+
+
+def _is_adaln_block(module: nn.Module) -> bool:
+    """A transformer block modulated by AdaLN (PixArt, SD3 / SD3.5, FLUX): ``:adaln`` applies."""
+    norm = getattr(module, "norm1", None) or getattr(module, "norm", None)
+    return (type(norm).__name__.startswith(("AdaLayerNormZero", "SD35AdaLayerNormZero"))
+            or getattr(module, "norm_type", None) == "ada_norm_single")
 
 
 def _is_container(module: nn.Module) -> bool:
@@ -168,19 +181,22 @@ def list_taps(network: nn.Module, *, include_kinds: bool = False,
 
     Args:
         network: A diffusers network (use ``diffperception.list_taps`` for repo ids and folders).
-        include_kinds: Also list the ``:in`` variants and the ``:attn`` / ``:logits`` taps.
+        include_kinds: Also list the ``:in`` variants, the ``:attn`` / ``:logits`` taps and the
+            ``:adaln`` taps of AdaLN-modulated transformer blocks.
         probe: Runs ``network`` once (see above).
     """
     modules = [(p, m) for p, m in network.named_modules() if p and not _is_container(m)]
     valid = _probe(modules, probe, network) if probe is not None else None
     names = []
     for path, module in modules:
-        for kind in ("out", "in", "attn", "logits"):
+        for kind in ("out", "in", "attn", "logits", "adaln"):
             if kind != "out" and not include_kinds:
                 break
             if kind in ("attn", "logits") and not _is_attention(module):
                 continue
-            key = "out" if kind in ("attn", "logits") else kind
+            if kind == "adaln" and not _is_adaln_block(module):
+                continue
+            key = "out" if kind in ("attn", "logits", "adaln") else kind
             if valid is None or (path, key) in valid:
                 names.append(path if kind == "out" else f"{path}:{kind}")
     return names
@@ -193,7 +209,9 @@ def _probe(modules: list[tuple[str, nn.Module]], probe: Callable[[nn.Module], in
     handles = []
     for path, module in modules:
         def post(mod, args, out, _p=path):
-            seen[(_p, "out")] = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(out, (tuple, list)):  # the first tensor ((None, image) in SD3's last block)
+                out = next((o for o in out if o is not None), None)
+            seen[(_p, "out")] = out
         def pre(mod, args, kwargs, _p=path):
             seen[(_p, "in")] = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         handles += [module.register_forward_hook(post),

@@ -57,7 +57,7 @@ class _CaptureHook:
             value = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         else:
             value = rest[-1]
-        self.trunk._store[self.name] = first_tensor(value)
+        self.trunk._store[self.name] = value  # the family picks the feature (Trunk.forward)
 
 
 class _InjectHook:
@@ -123,6 +123,8 @@ class Trunk(nn.Module):
                     setattr(module, name, cls())
                 install_processor(module)
                 module = getattr(module, name)
+            elif tap.kind not in ("out", "in"):
+                module = self.family.tap_point(module, tap.kind)
             hook = _CaptureHook(self, tap.name, pre=tap.kind == "in")
             if tap.kind == "in":
                 self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
@@ -194,7 +196,9 @@ class Trunk(nn.Module):
             self.family.run(self.network, plan, sample, emb, context)
             n = sample.shape[0]
             # K / V of a batch-1 text context are computed once; report them per sample.
-            return {tap.name: _per_sample(self._store[tap.name], n) for tap in wanted}
+            return {tap.name: _per_sample(self.family.tap_value(
+                self.network, tap.path, tap.kind, self._store[tap.name], sample), n)
+                for tap in wanted}
         finally:
             for handle in handles:
                 handle.remove()

@@ -16,4 +16,6 @@ from .base import Head, HeadOutput, build_head, get_head_class, list_heads, regi
 
 __all__ = ["Head", "HeadOutput", "build_head", "get_head_class", "list_heads", "register_head"]
 
-from . import attention, diffeed, difformer, identity, linear, segmentation, vermouth  # noqa: E402,F401,E501  (registration)
+from . import (  # noqa: E402,F401  (registration)
+    attention, correspondence, cross_attention_score, diffeed, difformer, identity, linear,
+    segmentation, upernet, vermouth)

@@ -5,7 +5,9 @@ from .base import DiffusionPerceptionModel
 from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable, LearnablePrompt
 from .image_classification import DiffusionPerceptionForImageClassification
 from .image_retrieval import DiffusionPerceptionForImageRetrieval, ImageRetrievalOutput
+from .image_text_matching import DiffusionPerceptionForImageTextMatching, ImageTextMatchingOutput
 from .outputs import ImageClassifierOutput, SemanticSegmenterOutput
+from .semantic_correspondence import DiffusionPerceptionForSemanticCorrespondence
 from .semantic_segmentation import DiffusionPerceptionForSemanticSegmentation
 from .presets import list_presets, load_preset
 from .registry import get_model_class, list_models, register_model
@@ -16,6 +18,9 @@ __all__ = [
     "DiffusionPerceptionForImageClassification",
     "DiffusionPerceptionForImageRetrieval",
     "ImageRetrievalOutput",
+    "DiffusionPerceptionForImageTextMatching",
+    "DiffusionPerceptionForSemanticCorrespondence",
+    "ImageTextMatchingOutput",
     "DiffusionPerceptionForSemanticSegmentation",
     "DiffusionPerceptionModel",
     "ImageClassifierOutput",

@@ -83,9 +83,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.preset or args.config} is a feature extractor: there is nothing "
                          "to train. Give it a head with --head, e.g. --head "
                          "'{\"type\": \"linear\", \"pool\": 2}', or pick a task preset.")
-    train_data = load_split(args.data, args.split, shots=args.shots, fraction=args.fraction,
-                            seed=args.seed)
-    eval_data = load_split(args.data, args.eval_split) if args.eval_split else None
+    if config.get("architecture") == "DiffusionPerceptionForSemanticCorrespondence":
+        from .correspondence import load_pairs  # keypoint pairs, not labelled images
+
+        train_data = load_pairs(args.data, args.split)
+        eval_data = load_pairs(args.data, args.eval_split) if args.eval_split else None
+    else:
+        train_data = load_split(args.data, args.split, shots=args.shots,
+                                fraction=args.fraction, seed=args.seed)
+        eval_data = load_split(args.data, args.eval_split) if args.eval_split else None
     options = TrainingArguments(
         output_dir=args.out, epochs=args.epochs, learning_rate=args.lr,
         batch_size=args.batch_size, optimizer=args.optimizer, augment=args.augment,
