@@ -32,6 +32,7 @@ __getattr__, __dir__, _names = attach(__name__, {
     "AutoDiffusionPerception": ".modeling",
     "DiffusionPerceptionForFeatureExtraction": ".modeling",
     "DiffusionPerceptionForImageClassification": ".modeling",
+    "DiffusionPerceptionForImageRetrieval": ".modeling",
     "DiffusionPerceptionForImageTextMatching": ".modeling",
     "DiffusionPerceptionForSemanticCorrespondence": ".modeling",
     "DiffusionPerceptionForSemanticSegmentation": ".modeling",

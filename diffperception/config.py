@@ -35,7 +35,7 @@ NOISE_KINDS = ("fixed", "random", "none", "ddim_inversion")
 POSTERIORS = ("mean", "sample")
 # How the E noise draws of an ensemble are made (features/noise.py: noise_draws).
 NOISE_SAMPLINGS = ("independent", "antithetic", "sobol")
-PROMPT_KINDS = ("null", "fixed", "per_image", "learnable")
+PROMPT_KINDS = ("null", "fixed", "per_image", "learnable", "caption", "shuffled")
 RESIZE_MODES = ("bicubic", "bilinear", "nearest")
 CROP_MODES = ("center", "none")
 
@@ -164,18 +164,39 @@ class PromptConfig:
     Attributes:
         kind: ``"null"`` (the empty prompt), ``"fixed"`` (one text), ``"per_image"`` (one text
             per image, encoded every call: the text encoder is kept), ``"learnable"`` (a trainable
-            text embedding initialised from ``text``).
-        text: The fixed text, the learnable initialisation, or a list of per-image texts.
+            text embedding initialised from ``text``), ``"caption"`` (each image's caption from
+            an image captioner, Vermouth S000 §3.2), ``"shuffled"`` (each image gets one of
+            ``text``, picked from the image's bytes, never from its label: the ablation's
+            "random" prompt).
+        text: The fixed text, the learnable initialisation, a list of per-image texts, the
+            candidate texts of ``shuffled`` or of the ``"noise-prediction"`` captioner.
+        captioner: For ``caption``: a transformers image-to-text repo id or folder (None:
+            ``Salesforce/blip-image-captioning-base``), or ``"noise-prediction"`` (the diffusion
+            model itself picks the candidate text of lowest noise-prediction error). The
+            captioner is never saved with a model.
     """
 
     kind: str = "null"
     text: str | list[str] | None = None
+    captioner: str | None = None
 
     def validate(self) -> None:
         if self.kind not in PROMPT_KINDS:
             _fail("features.prompt", "kind", self.kind, f"one of {PROMPT_KINDS}")
         if self.kind in ("fixed", "learnable") and not isinstance(self.text, str):
             _fail("features.prompt", "text", self.text, f"a string for prompt kind {self.kind!r}")
+        texts_ok = isinstance(self.text, list) and self.text and all(
+            isinstance(t, str) for t in self.text)
+        if self.kind == "shuffled" and not texts_ok:
+            _fail("features.prompt", "text", self.text, "a non-empty list of candidate texts for "
+                  "prompt kind 'shuffled'")
+        if self.kind == "caption" and self.captioner == "noise-prediction" and not texts_ok:
+            _fail("features.prompt", "text", self.text, "a non-empty list of candidate captions "
+                  "for the 'noise-prediction' captioner")
+        if self.captioner is not None and (self.kind != "caption" or not isinstance(
+                self.captioner, str) or not self.captioner):
+            _fail("features.prompt", "captioner", self.captioner,
+                  "null, or a repo id / folder / 'noise-prediction' for prompt kind 'caption'")
         if self.kind == "per_image" and self.text is not None and not (
             isinstance(self.text, list) and all(isinstance(t, str) for t in self.text)
         ):
@@ -341,6 +362,8 @@ class TaskConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["head"] = self.head.to_dict() if self.head is not None else None
+        if data["features"]["prompt"].get("captioner") is None:
+            del data["features"]["prompt"]["captioner"]
         if not data["task"]:
             del data["task"]
         return data

@@ -156,12 +156,13 @@ class DiffusionBackbone(nn.Module):
         self.trunk = Trunk(network, self.family, self.taps, self.plan)
         encoders, tokenizers = {}, {}
         prompt = self.features.prompt
-        if self.family.text_conditioned and (load_weights or prompt.kind == "per_image"):
+        if self.family.text_conditioned and (load_weights or not prompt.is_constant):
             encoders, tokenizers = load_text_stack(folder, self.model_index, dtype,
                                                    load_weights=load_weights)
         self.prompt = PromptConditioner(self.family, self.network_config, prompt, folder,
                                         encoders, tokenizers, dtype=dtype)
         self._noise_cache: dict[tuple, torch.Tensor] = {}
+        self._captioner = None  # built on first use, never saved (a plain attribute)
         if load_weights:
             self.apply_memory_format()
 
@@ -174,6 +175,24 @@ class DiffusionBackbone(nn.Module):
         for module in (self.network, self.vae):
             if module is not None and not any(p.is_meta for p in module.parameters()):
                 module.to(memory_format=fmt)
+
+    def set_captioner(self, captioner: Callable[[torch.Tensor], Sequence[str]] | None) -> None:
+        """The image -> text callable of a ``caption`` prompt (images ``(B, 3, H, W)`` in [0, 1]
+        -> B texts), cached per image; None goes back to the configured captioner."""
+        from .captions import CaptionCache
+
+        if captioner is not None and not isinstance(captioner, CaptionCache):
+            captioner = CaptionCache(captioner)
+        self._captioner = captioner
+
+    def image_prompts(self, x: torch.Tensor) -> list[str]:
+        """Texts of a ``caption`` / ``shuffled`` prompt for network inputs ``x`` (no labels)."""
+        from .captions import build_captioner
+
+        if self._captioner is None:
+            self._captioner = build_captioner(self.features.prompt, self)
+        low, high = self.preprocess.range
+        return list(self._captioner((x.float() - low) / (high - low)))
 
     def _prune(self, network: nn.Module, holder: dict[str, Any]) -> None:
         """Resolves the taps, plans and prunes the meta network, and reads the tap shapes."""
@@ -477,6 +496,8 @@ class DiffusionBackbone(nn.Module):
                       value_range: tuple[float, float] | None) -> tuple[int, tuple]:
         x = self.prepare_images(images, value_range)  # (B, 3, H, W) in preprocess.range
         batch, image_hw = x.shape[0], tuple(x.shape[-2:])
+        if prompt is None and self.features.prompt.kind in ("caption", "shuffled"):
+            prompt = self.image_prompts(x)  # from the images alone: labels never reach it
         latent = self.encode(x)  # (B, C, h, w)
         z, timesteps = self.noisy_latents(latent, noise, image_hw, prompt)  # (T*E*B, C, h, w), (T*E*B,)
         context, added = self.conditioning(prompt, batch, image_hw, z.shape[0])

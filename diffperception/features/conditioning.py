@@ -87,7 +87,7 @@ class PromptConditioner(nn.Module):
         self._encoder_names: list[str] = []
         if not family.text_conditioned:
             return
-        if prompt.kind == "per_image":
+        if not prompt.is_constant:  # per_image, caption, shuffled
             for name, encoder in encoders.items():
                 setattr(self, name, encoder)  # kept: prompts are encoded every call
             self._encoder_names = list(encoders)
@@ -131,7 +131,7 @@ class PromptConditioner(nn.Module):
             if prompt is not None:
                 raise ValueError("This model is text-free: it takes no prompt.")
             return None, None
-        if prompt is not None or self.setting.kind == "per_image":
+        if prompt is not None or not self.setting.is_constant:
             texts = self._per_image_texts(prompt, batch)
             encoders = {name: getattr(self, name) for name in self._encoder_names}
             context, pooled = self.family.encode_prompt(texts, encoders, self.tokenizers,

@@ -197,8 +197,9 @@ def _check_specializable(backbone, size) -> tuple[int, int]:
             f"Cannot specialize noise kind {features.noise.kind!r}: only 'fixed' and 'none' are "
             "constants. Rebuild the model with noise='fixed'."
         )
-    if features.prompt.kind == "per_image":
-        raise ValueError("Cannot specialize per-image prompts; use a fixed prompt.")
+    if features.prompt.kind in ("per_image", "caption", "shuffled"):
+        raise ValueError(f"Cannot specialize {features.prompt.kind!r} prompts (a text per image, "
+                         "encoded every call); use a null or fixed prompt.")
     size = tuple(size or backbone.preprocess.size or backbone.native_size)
     if len(size) != 2:
         raise ValueError(f"size must be (H, W), got {size}.")

@@ -18,4 +18,4 @@ __all__ = ["Head", "HeadOutput", "build_head", "get_head_class", "list_heads", "
 
 from . import (  # noqa: E402,F401  (registration)
     attention, correspondence, cross_attention_score, diffeed, difformer, identity, linear,
-    segmentation, upernet)
+    segmentation, upernet, vermouth)

@@ -4,6 +4,7 @@ from .auto import AutoDiffusionPerception
 from .base import DiffusionPerceptionModel
 from .feature_extraction import DiffusionPerceptionForFeatureExtraction, Learnable, LearnablePrompt
 from .image_classification import DiffusionPerceptionForImageClassification
+from .image_retrieval import DiffusionPerceptionForImageRetrieval, ImageRetrievalOutput
 from .image_text_matching import DiffusionPerceptionForImageTextMatching, ImageTextMatchingOutput
 from .outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from .semantic_correspondence import DiffusionPerceptionForSemanticCorrespondence
@@ -15,6 +16,8 @@ __all__ = [
     "AutoDiffusionPerception",
     "DiffusionPerceptionForFeatureExtraction",
     "DiffusionPerceptionForImageClassification",
+    "DiffusionPerceptionForImageRetrieval",
+    "ImageRetrievalOutput",
     "DiffusionPerceptionForImageTextMatching",
     "DiffusionPerceptionForSemanticCorrespondence",
     "ImageTextMatchingOutput",

@@ -123,6 +123,10 @@ class DiffusionPerceptionModel(
         self.backbone = DiffusionBackbone(config.backbone, config.features, config.preprocess,
                                           source=source, load_weights=load_weights, **hub_kwargs)
         self.head = build_head(config.head, self.backbone.feature_info, **self.head_arguments())
+        if load_weights and hasattr(self.head, "prepare_weights"):
+            # weights from outside the model (an image expert's, label text features); a saved
+            # model holds them and loads them over these
+            self.head.prepare_weights(self.source.folder, list(config.labels or []))
         self.head.eval()
 
     def check_config(self, config: TaskConfig) -> None:
@@ -131,6 +135,34 @@ class DiffusionPerceptionModel(
     def head_arguments(self) -> dict[str, Any]:
         """Arguments the task model supplies to its head (e.g. ``num_labels``)."""
         return {}
+
+    def head_inputs(self, images: Any, value_range: tuple[float, float] | None = None
+                    ) -> dict[str, Any]:
+        """Extra head inputs: ``{"images": (B, 3, H, W) in [0, 1] at the model's size}`` for a
+        head that reads the images (``head.takes_images``, e.g. an image expert), else ``{}``."""
+        if not getattr(self.head, "takes_images", False):
+            return {}
+        x = self.backbone.prepare_images(images, value_range).float()  # (B, 3, H, W)
+        low, high = self.backbone.preprocess.range
+        return {"images": (x - low) / (high - low)}
+
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """Makes ``labels`` the classes without retraining (open-vocabulary heads, whose
+        classifier is text features: they are re-encoded).
+
+        Raises:
+            TypeError: A head whose classifier is trained per class.
+            ValueError: Labels the task model refuses (empty, duplicates).
+        """
+        if not hasattr(self.head, "set_labels"):
+            raise TypeError(f"The {self.config.head.type!r} head has a trained classifier; "
+                            "changing the labels needs retraining.")
+        labels = [str(x) for x in labels]
+        config = copy.deepcopy(self.config)
+        config.labels = labels
+        self.check_config(config)
+        self.head.set_labels(labels, self.source.folder)
+        self.config.labels = labels
 
     @property
     def source(self) -> ModelSource:
@@ -599,4 +631,6 @@ class SpecializedTaskModel(nn.Module):
                                                    taps=self.head.taps)
         else:
             feats = self.backbone(images)
-        return {self.output_key: self.postprocess(getattr(self.head(feats), self.output_key))}
+        extra = {"images": images} if getattr(self.head, "takes_images", False) else {}
+        out = getattr(self.head(feats, **extra), self.output_key)
+        return {self.output_key: self.postprocess(out)}

@@ -111,7 +111,7 @@ class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
         batch = next(iter(feats.values())).shape[0]
         if labels is not None:
             labels = self._check_labels(labels, batch).to(next(iter(feats.values())).device)
-        out = self.head(feats, labels=labels)
+        out = self.head(feats, labels=labels, **self.head_inputs(images, value_range))
         return ImageClassifierOutput(loss=out.loss, logits=out.logits)
 
     def card_usage(self, model_id: str) -> str:

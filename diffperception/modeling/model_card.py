@@ -92,7 +92,11 @@ def _settings_table(model) -> str:
     prompt = cfg.features.prompt
     prompt_text = {"null": 'null (the empty prompt `""`)', "fixed": f"fixed: `{prompt.text}`",
                    "learnable": f"learned, initialised from `{prompt.text}`",
-                   "per_image": "one text per image (the text encoder is kept)"}[prompt.kind]
+                   "per_image": "one text per image (the text encoder is kept)",
+                   "caption": f"each image's caption from `{prompt.captioner or 'BLIP'}` (not "
+                              "part of the model; the text encoder is kept)",
+                   "shuffled": "one of the candidate texts per image, chosen from the image "
+                               "(never from its label)"}[prompt.kind]
     pre = cfg.preprocess
     size = f"{pre.size[0]}x{pre.size[1]}" if pre.size else "input size kept"
     rows = [

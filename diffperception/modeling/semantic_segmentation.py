@@ -25,6 +25,10 @@ __all__ = ["DiffusionPerceptionForSemanticSegmentation"]
 DEFAULT_IGNORE_INDEX = 255
 
 
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(),) + tuple(args[1:]) if args else args
+
+
 @register_model
 class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
                                                  pipeline_tag="image-segmentation"):
@@ -48,7 +52,25 @@ class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
     """
 
     default_head = {"type": "linear_segmentation"}
-    task_keys = ("ignore_index",)
+    task_keys = ("ignore_index", "train_norms")
+
+    def __init__(self, config: TaskConfig | dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        if self.config.task.get("train_norms", False):
+            # S000 Table 3: the U-Net's normalisation layers are fine-tuned with the head; they
+            # stay in the trunk, so a save bundles them and an export bakes them in
+            for module in self.backbone.network.modules():
+                if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                    module.requires_grad_(True)
+                    # torch 2.13's CPU GroupNorm backward crashes on a channels-last input
+                    module.register_forward_pre_hook(_contiguous_input)
+            self.head.trains_through_trunk = True
+
+    def _check_unbundled_base(self) -> None:
+        if self.config.task.get("train_norms", False):
+            raise ValueError("This model trains the U-Net's normalisation parameters, which live "
+                             "in the trunk; save it with bundle_trunk=True.")
+        super()._check_unbundled_base()
 
     def check_config(self, config: TaskConfig) -> None:
         labels = config.labels
@@ -63,6 +85,9 @@ class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
         if unknown:
             raise ValueError(f"config['task'] has unknown keys {unknown}; a segmentation model "
                              f"takes {list(self.task_keys)}.")
+        if not isinstance(config.task.get("train_norms", False), bool):
+            raise ValueError(f"config['task']['train_norms'] = {config.task['train_norms']!r} is "
+                             "invalid: true or false.")
         ignore = config.task.get("ignore_index", DEFAULT_IGNORE_INDEX)
         if isinstance(ignore, bool) or not isinstance(ignore, int) or 0 <= ignore < len(labels):
             raise ValueError(f"config['task']['ignore_index'] = {ignore!r} is invalid: an integer "
@@ -137,7 +162,7 @@ class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
         size = self.output_size(images)
         if labels is not None:
             labels = self._check_labels(labels, batch, size)
-        out = self.head(feats)
+        out = self.head(feats, **self.head_inputs(images, value_range))
         logits = out.logits
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

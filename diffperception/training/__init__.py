@@ -13,7 +13,7 @@ from .arguments import RECIPE_LEARNING_RATES, TrainingArguments, recipe_learning
 from .feature_cache import CachedFeatures, FeatureCache, content_key, default_cache_root, is_cacheable
 from .loop import latest_checkpoint, train
 from .setup import class_names, classifier_from_config, load_split, model_from_config
-from . import correspondence, matching_task, segmentation  # noqa: F401  (register their tasks)
+from . import correspondence, matching_task, retrieval, segmentation  # noqa: F401  (register their tasks)
 from .task import ClassificationTask, StepOutput, TrainingTask, register_training_task, training_task
 
 __all__ = [

@@ -90,6 +90,8 @@ def is_cacheable(model: nn.Module) -> tuple[bool, str]:
     if getattr(model.head, "trains_through_trunk", False) or head in TRUNK_TRAINING_HEADS:
         return False, (f"the {head!r} head changes the trunk's features while it trains "
                        "(feedback into the trunk)")
+    if getattr(model.head, "takes_images", False):
+        return False, f"the {head!r} head reads the images too (an image expert)"
     if features.noise.kind == "random":
         return False, ("the noise is random (features.noise.kind = 'random'): each call draws "
                        "new noise; use 'fixed' noise to cache features")

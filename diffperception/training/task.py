@@ -127,7 +127,10 @@ class ClassificationTask(TrainingTask):
 
     def recipe(self, model: nn.Module) -> dict[str, Any]:
         """SGD at the released code's learning rate of the head (METHODS §1.6)."""
-        return {"optimizer": "sgd", "learning_rate": recipe_learning_rate(model.config.head.type)}
+        head = model.config.head.type
+        if head in ("vermouth", "vermouth_dense"):  # METHODS §3.8: AdamW at 1e-4
+            return {"optimizer": "adamw", "learning_rate": 1e-4}
+        return {"optimizer": "sgd", "learning_rate": recipe_learning_rate(head)}
 
     def check_data(self, model: nn.Module, dataset: Any, name: str) -> None:
         labels = model.config.labels or []
