@@ -145,7 +145,9 @@ class SpecializedBackbone(nn.Module):
         else:
             x = scale_range(images, self.value_range)  # (B, 3, H, W) in the model's range
             latent = self.vae(x, self.posterior_noise) if self.vae is not None else x
-        z = add_noise(latent, self.noise, self.alphas)  # (T, E, B, C, h, w)
+        # the trunk runs in the model's dtype (the noise buffer's): float32 images or latents
+        # meet a bfloat16 / float16 network here, as in the eager backbone
+        z = add_noise(latent.to(self.noise.dtype), self.noise, self.alphas)  # (T, E, B, C, h, w)
         return z.reshape(-1, *latent.shape[1:])  # (T*E*B, C, h, w)
 
     def _reduce(self, feats: dict[str, torch.Tensor], names: list[str], batch: int
