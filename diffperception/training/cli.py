@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from accelerate.utils import set_seed
 
-    from . import TrainingArguments, class_names, load_split, model_from_config, train
+    from . import TrainingArguments, class_names, model_from_config, train
+    from .task import task_for_architecture
 
     head = json.loads(args.head) if args.head else None
     config = _config(args)
@@ -83,15 +84,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.preset or args.config} is a feature extractor: there is nothing "
                          "to train. Give it a head with --head, e.g. --head "
                          "'{\"type\": \"linear\", \"pool\": 2}', or pick a task preset.")
-    if config.get("architecture") == "DiffusionPerceptionForSemanticCorrespondence":
-        from .correspondence import load_pairs  # keypoint pairs, not labelled images
-
-        train_data = load_pairs(args.data, args.split)
-        eval_data = load_pairs(args.data, args.eval_split) if args.eval_split else None
-    else:
-        train_data = load_split(args.data, args.split, shots=args.shots,
+    architecture = config.get("architecture")
+    if architecture == "DiffusionPerceptionForFeatureExtraction":
+        architecture = "DiffusionPerceptionForImageClassification"  # with --head
+    task = task_for_architecture(architecture)  # the task says what its data is
+    train_data = task.load_data(args.data, args.split, shots=args.shots,
                                 fraction=args.fraction, seed=args.seed)
-        eval_data = load_split(args.data, args.eval_split) if args.eval_split else None
+    eval_data = task.load_data(args.data, args.eval_split) if args.eval_split else None
     options = TrainingArguments(
         output_dir=args.out, epochs=args.epochs, learning_rate=args.lr,
         batch_size=args.batch_size, optimizer=args.optimizer, augment=args.augment,

@@ -62,6 +62,19 @@ class CorrespondenceTask(TrainingTask):
     name = "semantic correspondence"
     metrics = ("pck@0.1",)
 
+    def load_data(self, source: str, split: str, *, shots: int | None = None,
+                  fraction: float | None = None, seed: int = 0) -> Any:
+        """Keypoint pairs (``data.correspondence.load_pairs``: SPair-71k, PF-WILLOW or the
+        offline warped pairs), not labelled images.
+
+        Raises:
+            ValueError: ``shots`` / ``fraction`` (class subsets do not apply to pairs).
+        """
+        if shots is not None or fraction is not None:
+            raise ValueError("--shots / --fraction take class-balanced subsets of labelled "
+                             "images; a correspondence split is keypoint pairs.")
+        return load_pairs(source, split)
+
     def recipe(self, model: nn.Module) -> dict[str, Any]:
         """AdamW at GDF's learning rate 5e-4."""
         return {"optimizer": "adamw", "learning_rate": 5e-4}

@@ -102,6 +102,36 @@ class ImageTextMatchingTask(TrainingTask):
     name = "image-text matching"
     metrics = ("accuracy",)
 
+    def load_data(self, source: str, split: str, *, shots: int | None = None,
+                  fraction: float | None = None, seed: int = 0) -> Any:
+        """A ComVG folder (its CSV: ``comvg_train.csv`` for ``train``,
+        ``compositional_visual_genome.csv`` for ``test``) as ComVG rows, ``fraction`` of them
+        drawn with ``seed`` (the paper's 5% / 0.5% subsets, S002 §4.3); any other source as
+        caption-labelled images.
+
+        Raises:
+            ValueError: ``shots`` with ComVG rows, or a ``fraction`` outside (0, 1].
+        """
+        from pathlib import Path
+
+        root = Path(str(source)).expanduser()
+        if root.is_dir() and any((root / name).is_file() for name in
+                                 ("comvg_train.csv", "compositional_visual_genome.csv")):
+            from ..data.matching import load_comvg
+
+            if shots is not None:
+                raise ValueError("--shots takes images per class; ComVG rows have no classes. "
+                                 "Use --fraction (e.g. 0.05).")
+            rows = load_comvg(root, split)
+            if fraction is None:
+                return rows
+            if not 0 < fraction <= 1:
+                raise ValueError(f"--fraction {fraction} is invalid: a number in (0, 1].")
+            keep = max(1, round(fraction * len(rows)))
+            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+            return [rows[int(i)] for i in sorted(order[:keep].tolist())]
+        return super().load_data(source, split, shots=shots, fraction=fraction, seed=seed)
+
     def recipe(self, model: nn.Module) -> dict[str, Any]:
         """AdamW at 1e-4 (the released code's README and ``dsd_train.py``)."""
         return {"optimizer": "adamw", "learning_rate": 1e-4}

@@ -32,7 +32,7 @@ from ..registry import Registry
 from .arguments import recipe_learning_rate
 
 __all__ = ["TrainingTask", "StepOutput", "ClassificationTask", "training_task", "input_size",
-           "register_training_task"]
+           "register_training_task", "task_for_architecture"]
 
 TASKS: Registry[type["TrainingTask"]] = Registry("training task", "config['architecture']")
 
@@ -90,6 +90,18 @@ class TrainingTask:
         """The optimiser (``"sgd"``, ``"adam"``, ``"adamw"``) and learning rate used when the
         user sets none."""
         return {"optimizer": "sgd", "learning_rate": 1e-2}
+
+    def load_data(self, source: str, split: str, *, shots: int | None = None,
+                  fraction: float | None = None, seed: int = 0) -> Any:
+        """The split ``diffperception train --data SOURCE`` reads for this task (default: an
+        image dataset through ``load_split``, optionally a seeded k-shot or fraction subset).
+
+        Raises:
+            FileNotFoundError / ValueError: What the loader raises for a bad source or split.
+        """
+        from .setup import load_split
+
+        return load_split(source, split, shots=shots, fraction=fraction, seed=seed)
 
     def check_data(self, model: nn.Module, dataset: Any, name: str) -> None:
         """Raises ValueError when ``dataset`` cannot train or evaluate ``model``."""
@@ -155,6 +167,18 @@ class ClassificationTask(TrainingTask):
             out = model(batch["pixel_values"], labels=batch["labels"])
         right = (out.logits.argmax(-1) == batch["labels"]).float()
         return StepOutput(out.loss, {"accuracy": right})
+
+
+def task_for_architecture(architecture: str) -> TrainingTask:
+    """A fresh instance of the task registered for the task model named ``architecture``.
+
+    Raises:
+        ValueError: No task is registered for it (the message lists those that are).
+    """
+    if architecture not in TASKS:
+        raise ValueError(f"{architecture} cannot be trained by this loop: no training task is "
+                         f"registered for it (tasks exist for {TASKS.names()}).")
+    return TASKS.get(architecture)()
 
 
 def training_task(model: nn.Module) -> TrainingTask:

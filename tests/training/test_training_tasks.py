@@ -113,3 +113,56 @@ def test_a_model_without_a_training_task_is_refused(tmp_path):
         "diffperception:default", taps=["mid_block"], timesteps=[50])
     with pytest.raises(ValueError, match="no training task is registered"):
         training_task(model)
+
+
+def _comvg_replica(root):
+    """A ComVG folder in its own layout: the training CSV and vg_concept/<id>.jpg."""
+    import csv
+
+    from PIL import Image
+
+    (root / "vg_concept").mkdir(parents=True)
+    for image_id in range(1, 5):
+        Image.new("RGB", (40, 40), (60 * image_id, 0, 0)).save(root / "vg_concept" /
+                                                                f"{image_id}.jpg")
+    with (root / "comvg_train.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentence", "pos_image_id", "neg_image_id", "neg_value"])
+        for i in range(10):
+            writer.writerow([f"a digit number {i}", 1 + i % 4, 1 + (i + 1) % 4,
+                             ["subject", "object", "verb"][i % 3]])
+    return root
+
+
+def test_each_task_loads_its_own_data_for_the_train_command(tmp_path):
+    from diffperception.data.matching import load_comvg
+    from diffperception.training.task import task_for_architecture
+
+    root = _comvg_replica(tmp_path / "comvg")
+    task = task_for_architecture("DiffusionPerceptionForImageTextMatching")
+    every = [r.sentence for r in load_comvg(root, "train")]
+    subset = [r.sentence for r in task.load_data(str(root), "train", fraction=0.3, seed=4)]
+    again = [r.sentence for r in task.load_data(str(root), "train", fraction=0.3, seed=4)]
+    other = [r.sentence for r in task.load_data(str(root), "train", fraction=0.3, seed=5)]
+    assert len(subset) == 3 and subset == again and set(subset) < set(every)
+    assert subset == [s for s in every if s in subset] and other != subset
+    with pytest.raises(ValueError, match="Use --fraction"):
+        task.load_data(str(root), "train", shots=2)
+    digits = task_for_architecture("DiffusionPerceptionForImageClassification").load_data(
+        "digits", "train", shots=2)
+    assert len(digits) == 20
+    with pytest.raises(ValueError, match="no training task is registered"):
+        task_for_architecture("DiffusionPerceptionForFeatureExtraction")
+
+
+@pytest.mark.slow
+def test_train_command_trains_a_matching_model_on_comvg_rows(tmp_path):
+    from diffperception.cli import main
+
+    root = _comvg_replica(tmp_path / "comvg")
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "discffusion-digits", "--data", str(root),
+                 "--fraction", "0.4", "--epochs", "1", "--batch-size", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    log = __import__("json").loads((out / "training_log.json").read_text())
+    assert log["arguments"]["optimizer"] == "adamw" and len(log["epochs"]) == 1
