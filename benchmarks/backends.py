@@ -100,7 +100,8 @@ def _vae_flops(s: Scenario, folder: Path) -> int | None:
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae").eval().to(s.device)
-    return _count(lambda x: vae.encode(x * 2 - 1).latent_dist.mean, s, folder)
+    # the float32 VAE of the count: a low-precision scenario's images are cast up for it
+    return _count(lambda x: vae.encode(x.float() * 2 - 1).latent_dist.mean, s, folder)
 
 
 _EXPORT_FORMAT = {"torchscript": "torchscript", "torch_export": "torch_export",
