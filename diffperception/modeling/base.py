@@ -132,6 +132,36 @@ class DiffusionPerceptionModel(
     def check_config(self, config: TaskConfig) -> None:
         """Task-specific config checks (raise ValueError); the base checks nothing more."""
 
+    @staticmethod
+    def require_labels(config: TaskConfig, missing: str, what: str = "class names") -> None:
+        """Checks that ``config.labels`` is a non-empty list of unique names.
+
+        Args:
+            config: The config being checked.
+            missing: The message when there are no labels (what the task needs them for).
+            what: What the labels are, for the duplicates message.
+
+        Raises:
+            ValueError: No labels (``missing``) or duplicate labels (naming them).
+        """
+        labels = config.labels
+        if not labels:
+            raise ValueError(missing)
+        duplicates = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicates:
+            raise ValueError(f"config['labels'] has duplicates {duplicates}; {what} must be "
+                             "unique.")
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Label index -> name (class names, or a matching model's candidate texts)."""
+        return dict(enumerate(self.config.labels or []))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Label name -> index."""
+        return {name: i for i, name in enumerate(self.config.labels or [])}
+
     def head_arguments(self) -> dict[str, Any]:
         """Arguments the task model supplies to its head (e.g. ``num_labels``)."""
         return {}

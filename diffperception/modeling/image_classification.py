@@ -45,14 +45,8 @@ class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
     default_head = {"type": "linear", "pool": 2}
 
     def check_config(self, config: TaskConfig) -> None:
-        labels = config.labels
-        if not labels:
-            raise ValueError("config['labels'] is missing: an image classifier needs the class "
-                             "names (labels=['cat', 'dog', ...]).")
-        duplicates = sorted({x for x in labels if labels.count(x) > 1})
-        if duplicates:
-            raise ValueError(f"config['labels'] has duplicates {duplicates}; class names must be "
-                             "unique.")
+        self.require_labels(config, "config['labels'] is missing: an image classifier needs the "
+                                    "class names (labels=['cat', 'dog', ...]).")
 
     def head_arguments(self) -> dict[str, Any]:
         """``num_labels`` (from the labels) and ``image_size``: the ``(H, W)`` the model runs at,
@@ -60,16 +54,6 @@ class DiffusionPerceptionForImageClassification(DiffusionPerceptionModel,
         tokenizers from it)."""
         size = self.config.preprocess.size or self.backbone.native_size
         return {"num_labels": len(self.config.labels), "image_size": [int(s) for s in size]}
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        """Class index -> class name."""
-        return dict(enumerate(self.config.labels))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        """Class name -> class index."""
-        return {name: i for i, name in enumerate(self.config.labels)}
 
     def _check_labels(self, labels: Any, batch: int) -> torch.Tensor:
         if not isinstance(labels, torch.Tensor):

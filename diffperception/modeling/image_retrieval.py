@@ -87,24 +87,14 @@ class DiffusionPerceptionForImageRetrieval(DiffusionPerceptionModel,
         self.head.output_key = "embeddings"  # what a specialised / exported model returns
 
     def check_config(self, config: TaskConfig) -> None:
-        labels = config.labels
-        if not labels:
-            raise ValueError("config['labels'] is missing: a retrieval model is trained on the "
-                             "names of its training classes (labels=['cat', 'dog', ...]).")
-        duplicates = sorted({x for x in labels if labels.count(x) > 1})
-        if duplicates:
-            raise ValueError(f"config['labels'] has duplicates {duplicates}; class names must be "
-                             "unique.")
+        self.require_labels(config, "config['labels'] is missing: a retrieval model is trained on "
+                                    "the names of its training classes (labels=['cat', 'dog', "
+                                    "...]).")
 
     def head_arguments(self) -> dict[str, Any]:
         """``num_labels`` and ``image_size`` (the ``(H, W)`` the model runs at)."""
         size = self.config.preprocess.size or self.backbone.native_size
         return {"num_labels": len(self.config.labels), "image_size": [int(s) for s in size]}
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        """Training class index -> name."""
-        return dict(enumerate(self.config.labels))
 
     def forward(self, images: Any, labels: torch.Tensor | None = None, *,
                 noise: torch.Tensor | None = None, prompt: Sequence[str] | str | None = None,

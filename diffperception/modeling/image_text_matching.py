@@ -174,11 +174,6 @@ class DiffusionPerceptionForImageTextMatching(DiffusionPerceptionModel,
         """The fixed candidate set (``config.labels``), or None."""
         return list(self.config.labels) if self.config.labels else None
 
-    @property
-    def id2label(self) -> dict[int, str]:
-        """Candidate index -> text."""
-        return dict(enumerate(self.config.labels or []))
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What prompt learning trains: the adapter and the learned head weights."""
         return [p for p in self.parameters() if p.requires_grad]

@@ -73,14 +73,9 @@ class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
         super()._check_unbundled_base()
 
     def check_config(self, config: TaskConfig) -> None:
+        self.require_labels(config, "config['labels'] is missing: a segmentation model needs the "
+                                    "class names (labels=['sky', 'tree', ...]).")
         labels = config.labels
-        if not labels:
-            raise ValueError("config['labels'] is missing: a segmentation model needs the class "
-                             "names (labels=['sky', 'tree', ...]).")
-        duplicates = sorted({x for x in labels if labels.count(x) > 1})
-        if duplicates:
-            raise ValueError(f"config['labels'] has duplicates {duplicates}; class names must be "
-                             "unique.")
         unknown = sorted(set(config.task) - set(self.task_keys))
         if unknown:
             raise ValueError(f"config['task'] has unknown keys {unknown}; a segmentation model "
@@ -102,16 +97,6 @@ class DiffusionPerceptionForSemanticSegmentation(DiffusionPerceptionModel,
     def ignore_index(self) -> int:
         """Label value of pixels left out of the loss and the metrics."""
         return int(self.config.task.get("ignore_index", DEFAULT_IGNORE_INDEX))
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        """Class index -> class name."""
-        return dict(enumerate(self.config.labels))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        """Class name -> class index."""
-        return {name: i for i, name in enumerate(self.config.labels)}
 
     def specialized_postprocess(self, size: tuple[int, int]) -> torch.nn.Module:
         """Bilinear upsampling of the logits to the specialised model's image ``size``."""
