@@ -12,7 +12,32 @@ torch-free deployment kit) and ``diffperception --help`` never import torch.
 
 from __future__ import annotations
 
-from .deploy.lazy import attach
+
+def _kit_from_source_checkout() -> None:
+    """Maps ``diffperception.deploy`` to the repository's ``export/`` folder when the package is
+    imported from a source checkout (Python run in the repository's root after ``pip install .``
+    finds this folder first); an install puts the kit at ``diffperception/deploy`` instead."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    kit = here.parent / "export"
+    if ("diffperception.deploy" in sys.modules or (here / "deploy").is_dir()
+            or not (kit / "lazy.py").is_file()
+            or importlib.util.find_spec("diffperception.deploy") is not None):
+        return
+    spec = importlib.util.spec_from_file_location(
+        "diffperception.deploy", kit / "__init__.py", submodule_search_locations=[str(kit)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    globals()["deploy"] = module  # what the import system sets for a found submodule
+
+
+_kit_from_source_checkout()
+
+from .deploy.lazy import attach  # noqa: E402
 
 __version__ = "0.1.0"
 
