@@ -196,6 +196,15 @@ def _resize(image: np.ndarray, longer: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
 
 
+def _require_skimage(what: str) -> None:
+    """Raises a clear ImportError when scikit-image (the ``data`` extra) is missing."""
+    try:
+        import skimage  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"{what} are warped with scikit-image: pip install "
+                          "'diffperception[data]' (or scikit-image).") from err
+
+
 def _random_affine(rng: np.random.Generator, hw: tuple[int, int], strength: float):
     from skimage.transform import AffineTransform
 
@@ -302,6 +311,7 @@ def warped_photo_pairs(num_pairs: int = 12, *, warp: str = "affine", size: int =
     Returns:
         Pairs whose category is the photo's name and whose box is the warped photo's extent.
     """
+    _require_skimage("The warped photo pairs")
     photos = sample_photos()
     names = sorted(photos)
     rng = np.random.default_rng(seed)
@@ -340,7 +350,8 @@ def stereo_pairs(*, size: int | None = None, grid: int = 10, crops: int = 0,
     try:
         from skimage import data
     except ImportError as err:
-        raise ImportError("The stereo pair needs scikit-image: pip install scikit-image.") from err
+        raise ImportError("The stereo pair needs scikit-image: pip install "
+                          "'diffperception[data]' (or scikit-image).") from err
     left, right, disparity = data.stereo_motorcycle()
     windows = [(0, 0, left.shape[1], left.shape[0])]
     rng = np.random.default_rng(seed)
@@ -388,6 +399,7 @@ def warped_digit_pairs(num_pairs: int = 100, *, strength: float = 1.0, max_point
     Returns:
         Pairs whose category is the digit and whose box is the warped digit's extent.
     """
+    _require_skimage("The warped digit pairs")
     from ..default_model.data import load_digits_split
 
     if split not in ("train", "test"):
