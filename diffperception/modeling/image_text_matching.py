@@ -158,11 +158,8 @@ class DiffusionPerceptionForImageTextMatching(DiffusionPerceptionModel,
         if task["noise_error"] and NOISE_PREDICTION_TAP not in features.taps:
             raise ValueError("config['task']['noise_error'] = true needs the noise prediction: add "
                              f"'{NOISE_PREDICTION_TAP}' to config['features']['taps'].")
-        labels = config.labels or []
-        duplicates = sorted({x for x in labels if labels.count(x) > 1})
-        if duplicates:
-            raise ValueError(f"config['labels'] has duplicates {duplicates}; candidate texts must "
-                             "be unique.")
+        if config.labels:  # a fixed candidate set is optional; when given, unique
+            self.require_labels(config, "", what="candidate texts")
 
     @property
     def task_settings(self) -> dict[str, Any]:
