@@ -35,23 +35,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .metrics import _as_tensor
 
 __all__ = ["average_precision", "precision_at_k", "class_mean", "retrieval_metrics",
            "tie_free_ranks", "INTERPOLATIONS"]
 
 #: ``"none"``: mean precision at the relevant ranks; ``"voc"``: PASCAL-VOC interpolated precision.
 INTERPOLATIONS = ("none", "voc")
-
-
-def _as_tensor(value: Any, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, (np.ndarray, list, tuple)):
-        return torch.as_tensor(np.asarray(value))
-    raise TypeError(f"{name} must be a numpy array or a torch.Tensor, got {type(value).__name__}.")
 
 
 def _check_pair(scores: Any, relevant: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.transforms import AUGMENTATIONS, resize_short_side
+from ..data.transforms import TransformedImages, resize_short_side
 from .task import StepOutput, TrainingTask, input_size, register_training_task
 
 __all__ = ["SegmentationTask", "SegmentedImages", "mask_to_tensor"]
@@ -40,9 +40,9 @@ def _resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
-class SegmentedImages(torch.utils.data.Dataset):
+class SegmentedImages(TransformedImages):
     """A split with ``image`` and ``mask`` columns as ``{"pixel_values" (3, S, S),
-    "labels" (S, S), "index"}`` samples.
+    "labels" (S, S), "index"}`` samples (``TransformedImages`` with a mask that follows the image).
 
     Args:
         dataset: The split.
@@ -56,21 +56,11 @@ class SegmentedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: Any, size: int, augment: str = "none", seed: int = 0) -> None:
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment = {augment!r} is invalid: one of {list(AUGMENTATIONS)}.")
+        super().__init__(dataset, int(size), augment, seed)
         columns = set(getattr(dataset, "column_names", []) or [])
         if not {"image", "mask"} <= columns:
             raise ValueError(f"A segmentation split needs 'image' and 'mask' columns; this one "
                              f"has {sorted(columns)}.")
-        self.dataset, self.size, self.augment, self.seed = dataset, int(size), augment, int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the augmentations of ``epoch``."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.dataset[int(index)]
