@@ -96,6 +96,40 @@ def _check(model, texts: list[str], size) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def _pruned_network(model) -> tuple[nn.Module, list, Any]:
+    """A hook-free copy of the model's network with the trained additions folded in
+    (``W + delta``: baked K/V carry the trained prompts), cut after the scored layers; returns
+    ``(network, taps, plan)``."""
+    from .image_text_matching import copy_without_hooks
+
+    backbone, family = model.backbone, model.backbone.family
+    network = copy_without_hooks(model)
+    if model.adapter is not None:
+        model.adapter.fold_into(network)
+    taps = [t for t in backbone.trunk.taps if t.name in set(model.head.taps)]
+    plan = family.plan_cut(network, [(t.path, t.kind) for t in taps])
+    family.prune(network, plan)
+    return network, taps, plan
+
+
+def _noise_and_vae(model, latent_hw: tuple[int, int], latent_input: bool):
+    """The fixed noise ``(T, E, 1, C, h, w)`` (the config's seed and sampling, as the eager
+    model draws it), the timesteps' ``alphas_cumprod``, the VAE encoder copy (None for latent
+    input) and the posterior-sample noise (or None)."""
+    backbone, features = model.backbone, model.config.features
+    dtype, channels = backbone.dtype, int(backbone.network_config["in_channels"])
+    T, E = len(features.timesteps), features.noise.ensemble
+    t_index = torch.tensor(features.timesteps, device=backbone.device)
+    noise = fixed_noise(features.noise.seed, T, E, (channels, *latent_hw), dtype=dtype,
+                        sampling=features.noise.sampling)
+    alphas = backbone.alphas_cumprod[t_index.cpu()].to(dtype)
+    vae = None if latent_input or backbone.vae is None else copy.deepcopy(backbone.vae)
+    posterior = None
+    if vae is not None and features.noise.posterior == "sample":
+        posterior = posterior_noise(features.noise.seed, (channels, *latent_hw), dtype=dtype)
+    return noise, alphas, vae, posterior
+
+
 def specialize_matching(model, texts: list[str], *, size: tuple[int, int] | None = None,
                         latent_input: bool = False) -> SpecializedImageTextMatcher:
     """The images -> scores module of a matching model for the candidate ``texts``.
@@ -103,18 +137,11 @@ def specialize_matching(model, texts: list[str], *, size: tuple[int, int] | None
     Raises:
         ValueError: See ``DiffusionPerceptionForImageTextMatching.specialize``.
     """
-    from .image_text_matching import copy_without_hooks
-
     size = _check(model, texts, size)
     backbone, features = model.backbone, model.config.features
     family, device, dtype = backbone.family, backbone.device, backbone.dtype
-    T, E = len(features.timesteps), features.noise.ensemble
-    network = copy_without_hooks(model)
-    if model.adapter is not None:
-        model.adapter.fold_into(network)  # W + delta: the baked K/V carry the trained prompts
-    taps = [t for t in backbone.trunk.taps if t.name in set(model.head.taps)]
-    plan = family.plan_cut(network, [(t.path, t.kind) for t in taps])
-    family.prune(network, plan)
+    T = len(features.timesteps)
+    network, taps, plan = _pruned_network(model)
     t_index = torch.tensor(features.timesteps, device=device)
     latent_hw = (size[0] // backbone.vae_factor, size[1] // backbone.vae_factor)
     channels = int(backbone.network_config["in_channels"])
@@ -125,12 +152,7 @@ def specialize_matching(model, texts: list[str], *, size: tuple[int, int] | None
     bake_candidate_kv(network, family.prepare_context(backbone.network, context, added))
     trunk = Trunk(network, family, taps, plan)
     trunk.frozen_timesteps = T
-    noise = fixed_noise(features.noise.seed, T, E, (channels, *latent_hw), dtype=dtype)
-    alphas = backbone.alphas_cumprod[t_index.cpu()].to(dtype)
-    vae = None if latent_input or backbone.vae is None else copy.deepcopy(backbone.vae)
-    posterior = None
-    if vae is not None and features.noise.posterior == "sample":
-        posterior = posterior_noise(features.noise.seed, (channels, *latent_hw), dtype=dtype)
+    noise, alphas, vae, posterior = _noise_and_vae(model, latent_hw, latent_input)
     config = model.saved_config(publish=True)
     config["labels"] = list(texts)
     return SpecializedImageTextMatcher(
@@ -178,18 +200,11 @@ def specialize_free_text(model, *, size: tuple[int, int] | None = None,
     Raises:
         ValueError: As ``specialize_matching`` (random noise, the noise-error term, SDXL, size).
     """
-    from .image_text_matching import copy_without_hooks
-
     size = _check(model, [], size)
     backbone, features = model.backbone, model.config.features
     family, device, dtype = backbone.family, backbone.device, backbone.dtype
-    T, E = len(features.timesteps), features.noise.ensemble
-    network = copy_without_hooks(model)
-    if model.adapter is not None:
-        model.adapter.fold_into(network)
-    taps = [t for t in backbone.trunk.taps if t.name in set(model.head.taps)]
-    plan = family.plan_cut(network, [(t.path, t.kind) for t in taps])
-    family.prune(network, plan)
+    T = len(features.timesteps)
+    network, taps, plan = _pruned_network(model)
     t_index = torch.tensor(features.timesteps, device=device)
     latent_hw = (size[0] // backbone.vae_factor, size[1] // backbone.vae_factor)
     channels = int(backbone.network_config["in_channels"])
@@ -198,12 +213,7 @@ def specialize_free_text(model, *, size: tuple[int, int] | None = None,
     family.freeze_time(network, backbone.trunk.embed(probe, t_index, context, None))
     trunk = Trunk(network, family, taps, plan)
     trunk.frozen_timesteps = T
-    noise = fixed_noise(features.noise.seed, T, E, (channels, *latent_hw), dtype=dtype)
-    alphas = backbone.alphas_cumprod[t_index.cpu()].to(dtype)
-    vae = None if latent_input or backbone.vae is None else copy.deepcopy(backbone.vae)
-    posterior = None
-    if vae is not None and features.noise.posterior == "sample":
-        posterior = posterior_noise(features.noise.seed, (channels, *latent_hw), dtype=dtype)
+    noise, alphas, vae, posterior = _noise_and_vae(model, latent_hw, latent_input)
     return SpecializedFreeTextMatcher(
         network, vae, trunk, copy.deepcopy(model.head), noise.to(device), alphas.to(device),
         num_candidates=0, value_range=backbone.preprocess.range, size=size,
